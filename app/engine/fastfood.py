@@ -1,0 +1,137 @@
+"""The `fastfood-v1` projection P: R^d -> R^D (docs/PROJECTION.md is the spec).
+
+P(x) = crop_D( [H G_k Π H B pad_n(x)]_{k=0..K-1} ) / sqrt(n·D): K stacked Fastfood blocks of
+size n = max(2^ceil(log2 d), 1024) that share B and Π (n-sized) and each draw their own Gaussian
+diagonal G_k, so the first transform is computed once, every coordinate of x reaches every block
+(no cropping of x), and E||P e_j||² = 1. Nothing here keeps an explicit matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from threading import Lock
+from typing import Protocol
+
+import torch
+
+from app.engine import spec
+from app.engine.fwht import fwht
+
+MIN_BLOCK = 1024
+MAX_DIM = 1 << 26
+
+
+def block_size(d: int) -> int:
+    """Fastfood block size n for a d-dimensional subspace: a power of two >= d, at least 1024."""
+    return max(MIN_BLOCK, 1 << max(0, (d - 1).bit_length()))
+
+
+class Projection(Protocol):
+    """What the subspace model needs from a projection backend (a faster one can replace ours)."""
+
+    d: int
+    D: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...  # (d,) -> (D,)
+
+    def transpose(self, y: torch.Tensor) -> torch.Tensor: ...  # (D,) -> (d,)
+
+
+class FastfoodProjection:
+    """fastfood-v1 on CPU or CUDA, in float32 (training, serving) or float64 (gradcheck).
+
+    Random state kept per instance: B (d floats), Π (n int64) and G (K·n floats, i.e. one float
+    per output coordinate, rounded up to a whole block). G is the only D-sized state; it is a
+    cache of a pure function of (seed, n, K), regenerated on demand (see `nbytes`).
+    """
+
+    def __init__(
+        self,
+        d: int,
+        D: int,
+        seed: int,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not 1 <= d <= MAX_DIM:
+            raise ValueError(f"subspace dimension d must be in [1, {MAX_DIM}], got {d}")
+        if D < 1:
+            raise ValueError(f"output dimension D must be >= 1, got {D}")
+        self.d, self.D, self.seed = d, D, seed
+        self.n = block_size(d)
+        self.blocks = -(-D // self.n)
+        self.device, self.dtype = torch.device(device), dtype
+        self.scale = 1.0 / math.sqrt(self.n * D)
+        self.b = spec.signs(seed, spec.STREAM_B, d).to(self.device, dtype)  # (d,)
+        self.perm = spec.permutation(seed, spec.STREAM_PI, self.n).to(self.device)  # (n,)
+        g = spec.gaussians(seed, spec.STREAM_G, self.blocks * self.n)
+        self.g = g.to(self.device, dtype).view(self.blocks, self.n)  # (K, n)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of random state held by this instance."""
+        return sum(t.numel() * t.element_size() for t in (self.b, self.perm, self.g))
+
+    def _first_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (d,) -> Π H B pad_n(x) · scale: (n,). O(n log n), shared by all K blocks."""
+        v = torch.zeros(self.n, dtype=x.dtype, device=x.device)
+        v[: self.d] = x * self.b
+        return fwht(v)[self.perm] * self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (d,) -> P x: (D,). Linear in x."""
+        u = self._first_transform(x)  # (n,)
+        y = fwht(self.g * u)  # (K, n): block k is H G_k u
+        return y.view(-1)[: self.D]
+
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
+        """y: (D,) -> Pᵀ y: (d,). The exact adjoint of `forward` (the gradient of ⟨y, P x⟩ in x)."""
+        padded = y.new_zeros(self.blocks * self.n)
+        padded[: self.D] = y
+        w = (fwht(padded.view(self.blocks, self.n)) * self.g).sum(0)  # (n,)
+        h = torch.empty_like(w)
+        h[self.perm] = w  # adjoint of the gather u = h[perm]
+        return fwht(h)[: self.d] * self.b * self.scale
+
+
+class _ProjectFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, projection: Projection) -> torch.Tensor:  # noqa: D102
+        ctx.projection = projection
+        return projection.forward(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        return ctx.projection.transpose(grad), None
+
+
+def project(x: torch.Tensor, projection: Projection) -> torch.Tensor:
+    """Differentiable P x: the backward is the adjoint Pᵀ, exact (gradcheck-tested)."""
+    return _ProjectFunction.apply(x, projection)
+
+
+_CACHE: OrderedDict[tuple, FastfoodProjection] = OrderedDict()
+_CACHE_LOCK = Lock()
+CACHE_SIZE = 2
+
+
+def get_projection(
+    d: int, D: int, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> FastfoodProjection:
+    """A shared FastfoodProjection, LRU-cached per (d, D, seed, device, dtype).
+
+    Building one costs a pass of the generator over D counters; tasks sharing a seed and d
+    (the common case in serving) reuse it.
+    """
+    key = (d, D, seed, str(torch.device(device)), dtype)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    proj = FastfoodProjection(d, D, seed, device, dtype)
+    with _CACHE_LOCK:
+        _CACHE[key] = proj
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return proj
