@@ -99,11 +99,13 @@ class _ProjectFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, projection: Projection) -> torch.Tensor:  # noqa: D102
         ctx.projection = projection
-        return projection.forward(x)
+        with torch.autocast(x.device.type, enabled=False):  # keep P in full precision under AMP
+            return projection.forward(x.float() if x.dtype == torch.bfloat16 else x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        return ctx.projection.transpose(grad), None
+        with torch.autocast(grad.device.type, enabled=False):
+            return ctx.projection.transpose(grad.float() if grad.dtype == torch.bfloat16 else grad), None
 
 
 def project(x: torch.Tensor, projection: Projection) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""The `kilotask` command line: train, predict and inspect tasks. Flags are a contract (README).
+
+Errors the user can fix exit with status 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time unless asked
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", help="text column (default: auto-detect, e.g. 'sentence')")
+    p.add_argument("--text-pair-column", help="second text column for sentence pairs")
+    p.add_argument("--label-column", help="label column (default: auto-detect, e.g. 'label')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kilotask", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune a task in a d-dimensional subspace")
+    t.add_argument("--model", default="minilm-l6", help="registered id, local HF folder or hub id")
+    t.add_argument("--train", required=True, help="CSV, TSV or JSONL file with a header")
+    t.add_argument("--eval", help="evaluation file (same columns)")
+    _add_columns(t)
+    t.add_argument("--method", choices=["said", "did", "full"], default="said")
+    t.add_argument("--dim", type=int, default=1000, help="subspace dimension d (SAID counts λ)")
+    t.add_argument("--seed", type=int, default=0, help="projection and head seed")
+    steps = t.add_mutually_exclusive_group()
+    steps.add_argument("--epochs", type=int)
+    steps.add_argument("--max-steps", type=int)
+    t.add_argument("--lr", type=float, help="learning rate (default: 2e-2 subspace, 3e-5 full)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--max-length", type=int, default=128)
+    t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: per epoch)")
+    t.add_argument("--metric", default="accuracy", choices=["accuracy", "f1", "mcc"],
+                   help="eval metric that picks the best θ_d")
+    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--data-seed", type=int, default=0, help="shuffling and dropout seed")
+    t.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="storage precision of θ_d and λ (float16 halves the file)")
+    t.add_argument("--checkpoint", help="checkpoint file: resumed from if present")
+    t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    t.add_argument("--out", default="task.safetensors", help="task file (or folder for --method full)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="classify rows with a task file")
+    p.add_argument("task", help="task .safetensors file")
+    p.add_argument("--input", required=True, help="CSV, TSV or JSONL file with a header")
+    _add_columns(p)
+    p.add_argument("--model", help="base model to rebuild on (default: the task's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+    i = sub.add_parser("inspect", help="print a task file's metadata as JSON")
+    i.add_argument("task")
+    return parser
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from app.engine.errors import EngineError
+
+    try:
+        return {"train": _train, "predict": _predict, "inspect": _inspect}[args.command](args)
+    except EngineError as exc:
+        print(f"kilotask: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"kilotask: error: no such file: {exc.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kilotask: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.cli_progress import ProgressBar
+    from app.engine.data import ColumnSpec, read_table
+    from app.engine.pipeline import TrainRequest, train_task
+    from app.engine.trainer import TrainConfig
+
+    columns = ColumnSpec(args.text_column, args.text_pair_column, args.label_column)
+    train_data = read_table(args.train, columns)
+    eval_data = read_table(args.eval, train_data.columns) if args.eval else None
+    config = TrainConfig(
+        method=args.method, epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
+        batch_size=args.batch_size, eval_every=args.eval_every, metric=args.metric,
+        warmup_ratio=args.warmup_ratio, data_seed=args.data_seed,
+        checkpoint_every=args.checkpoint_every if args.checkpoint else None,
+    )
+    req = TrainRequest(args.model, train_data, eval_data, args.dim, args.seed, args.max_length,
+                       args.dtype, config)
+    with ProgressBar(disabled=args.quiet) as bar:
+        outcome = train_task(req, bar, args.checkpoint, _device(args.device))
+    summary = {f"eval_{k}": v for k, v in outcome.metrics.items()}
+    summary.update(method=args.method, steps=outcome.step)
+    if outcome.artifact is None:
+        outcome.model.save_pretrained(args.out)
+        outcome.tokenizer.save_pretrained(args.out)
+        summary.update(dim=sum(p.numel() for p in outcome.model.parameters()), out=args.out)
+    else:
+        size = outcome.artifact.save(args.out)
+        summary.update(dim=args.dim, bytes=size, task_digest=outcome.artifact.digest, out=args.out)
+    print(json.dumps(summary))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from app.engine.artifact import TaskArtifact
+    from app.engine.data import ColumnSpec, read_table
+    from app.engine.pipeline import predict_task
+
+    task = TaskArtifact.load(args.task)
+    columns = ColumnSpec(
+        args.text_column or task.text_column,
+        args.text_pair_column or task.text_pair_column,
+        args.label_column,
+    )
+    data = read_table(args.input, columns, require_labels=args.label_column is not None)
+    result = predict_task(task, data, args.model, args.batch_size, _device(args.device))
+    for label, scores in zip(result.labels, result.scores, strict=True):
+        print(json.dumps({"label": label, "scores": dict(zip(task.labels, scores, strict=True))}))
+    if result.metrics is not None:
+        print(json.dumps({**result.metrics, "rows": len(result.labels)}))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from app.engine.artifact import TaskArtifact
+    from app.engine.pipeline import file_size
+
+    task = TaskArtifact.load(args.task)
+    meta = task.describe()
+    meta.update(bytes=file_size(args.task))
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

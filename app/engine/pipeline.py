@@ -1,0 +1,153 @@
+"""End-to-end engine calls that the CLI and the workers share: train a task from labelled rows,
+and predict with a task. Plain dataclasses in, plain results out; no I/O beyond files named."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from app.engine.artifact import TaskArtifact
+from app.engine.base import load_base
+from app.engine.data import (
+    ColumnSpec,
+    LabelledText,
+    TokenizedDataset,
+    encode_labels,
+    label_names_from,
+    make_loader,
+)
+from app.engine.errors import DataFormatError, SubspaceConfigError
+from app.engine.metrics import classification_metrics
+from app.engine.reconstruct import load_task_model
+from app.engine.subspace import SubspaceConfig, SubspaceModel
+from app.engine.trainer import TrainCallbacks, TrainConfig, evaluate, predict_logits, train
+
+
+@dataclass
+class TrainRequest:
+    """One training run. `dim` and `seed` are ignored for method "full"."""
+
+    model: str
+    train_data: LabelledText
+    eval_data: LabelledText | None = None
+    dim: int = 1000
+    seed: int = 0
+    max_length: int = 128
+    storage_dtype: str = "float32"
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TrainOutcome:
+    metrics: dict[str, float]
+    step: int
+    history: list[dict]
+    artifact: TaskArtifact | None  # None for full fine-tuning
+    model: torch.nn.Module  # the trained classifier (materialised for subspace runs)
+    tokenizer: object
+
+
+def run_fingerprint(req: TrainRequest) -> str:
+    """sha256 over everything that determines the run, so a checkpoint resumes only itself."""
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in asdict(req.config).items() if k not in ("eval_every", "checkpoint_every")}
+    h.update(json.dumps([req.model, req.dim, req.seed, req.max_length, cfg], sort_keys=True).encode())
+    for data in (req.train_data, req.eval_data):
+        if data is not None:
+            h.update(json.dumps([data.texts, data.text_pairs, data.labels]).encode())
+    return h.hexdigest()
+
+
+def _dataset(data: LabelledText, tokenizer, max_length: int, labels: list[str]) -> TokenizedDataset:
+    if data.labels is None:
+        raise DataFormatError("training and evaluation data need a label column")
+    encode_labels(data.labels, labels)  # fails early, naming unknown labels
+    return TokenizedDataset(data, tokenizer, max_length, labels)
+
+
+def train_task(
+    req: TrainRequest,
+    callbacks: TrainCallbacks | None = None,
+    checkpoint_path: str | None = None,
+    device: str | torch.device = "cpu",
+) -> TrainOutcome:
+    """Fine-tune `req.model` on `req.train_data` and return the task (and its metrics).
+
+    For float16 storage the reported metrics are re-measured on the rounded vector, so they are
+    exactly what a rebuild of the saved file gives.
+    """
+    method = req.config.method
+    if req.storage_dtype not in ("float32", "float16"):
+        raise SubspaceConfigError("storage dtype must be float32 or float16")
+    labels = label_names_from(req.train_data.labels or [])
+    base = load_base(req.model, num_labels=len(labels), seed=req.seed)
+    pad_id = base.tokenizer.pad_token_id or 0
+    train_set = _dataset(req.train_data, base.tokenizer, req.max_length, labels)
+    eval_set = (
+        _dataset(req.eval_data, base.tokenizer, req.max_length, labels) if req.eval_data else None
+    )
+    if method == "full":
+        model = base.model.to(device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        model = SubspaceModel(base.model, SubspaceConfig(method, req.dim, req.seed), device=device)
+    result = train(model, train_set, req.config, pad_id, eval_set, callbacks, checkpoint_path,
+                   run_fingerprint(req), device)
+    metrics = dict(result.metrics)
+    if method == "full":
+        return TrainOutcome(metrics, result.step, result.history, None, model, base.tokenizer)
+
+    artifact = TaskArtifact(
+        model=req.model, base_digest=base.digest, seed=req.seed, method=method, dim=req.dim,
+        D=model.D, labels=labels, text_column=req.train_data.columns.text,
+        text_pair_column=req.train_data.columns.text_pair, max_length=req.max_length,
+        theta=model.theta, lam=model.lam, dtype=req.storage_dtype,
+    )
+    model.load_vector(artifact.theta.to(device), None if artifact.lam is None else artifact.lam.to(device))
+    if eval_set is not None and req.storage_dtype != "float32":
+        metrics = evaluate(model, eval_set, req.config, pad_id, device)
+    artifact = replace(artifact, metrics={f"eval_{k}": v for k, v in metrics.items()})
+    return TrainOutcome(metrics, result.step, result.history, artifact, model.materialize(),
+                        base.tokenizer)
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    scores: list[list[float]]  # softmax probabilities per row, in task label order
+    metrics: dict[str, float] | None  # when the input has labels
+
+
+def predict_task(
+    task: TaskArtifact,
+    data: LabelledText,
+    model: str | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> Prediction:
+    """Rebuild `task` on its base (or `model`) and classify `data` in order."""
+    net, tokenizer = load_task_model(task, model, device)
+    ds = TokenizedDataset(data, tokenizer, task.max_length, None)
+    logits = predict_logits(net, make_loader(ds, batch_size, False, 0, tokenizer.pad_token_id or 0),
+                            torch.device(device))
+    probs = torch.softmax(logits, -1)
+    preds = logits.argmax(-1).tolist()
+    metrics = None
+    if data.labels is not None:
+        gold = encode_labels(data.labels, task.labels)
+        metrics = classification_metrics(preds, gold, len(task.labels))
+    return Prediction([task.labels[i] for i in preds], probs.tolist(), metrics)
+
+
+def columns_of(task: TaskArtifact) -> ColumnSpec:
+    """The input columns a task was trained on (to read prediction files the same way)."""
+    return ColumnSpec(text=task.text_column, text_pair=task.text_pair_column)
+
+
+def file_size(path: str | Path) -> int:
+    return Path(path).stat().st_size

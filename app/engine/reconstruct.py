@@ -1,0 +1,49 @@
+"""(base model, task) -> a ready classifier with weights θ_0 + λ·P(θ_d), deterministic.
+
+Refuses a base whose weights differ from the task's (digest check) before doing any work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from app.engine.artifact import TaskArtifact
+from app.engine.base import BaseModel, load_base
+from app.engine.errors import BaseModelMismatchError
+from app.engine.subspace import SubspaceConfig, SubspaceModel
+
+
+def check_compatible(base: BaseModel, task: TaskArtifact) -> None:
+    """Raise BaseModelMismatchError unless `base` is exactly the weights `task` was trained on."""
+    if base.digest != task.base_digest:
+        raise BaseModelMismatchError(
+            f"task was trained on base '{task.model}' with digest {task.base_digest[:12]}…, but "
+            f"'{base.model_id}' has digest {base.digest[:12]}…: use the same base weights"
+        )
+    D = base.num_parameters
+    if D != task.D:
+        raise BaseModelMismatchError(f"task expects D={task.D} parameters, this base has {D}")
+
+
+def reconstruct(
+    base: BaseModel, task: TaskArtifact, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Materialise the task's weights into `base.model` (consumed) and return it in eval mode.
+
+    `base` must have been loaded with the task's seed and label count (see `load_task_model`).
+    """
+    check_compatible(base, task)
+    config = SubspaceConfig(method=task.method, dim=task.dim, seed=task.seed, spec=task.spec)
+    sub = SubspaceModel(base.model, config, device=device)
+    sub.load_vector(task.theta.to(device), None if task.lam is None else task.lam.to(device))
+    return sub.materialize().eval()
+
+
+def load_task_model(
+    task: TaskArtifact, model: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, object]:
+    """Load the task's base (or `model`, a local copy of it) and rebuild the task on it.
+    Returns (classifier, tokenizer)."""
+    base = load_base(model or task.model, num_labels=len(task.labels), seed=task.seed)
+    return reconstruct(base, task, device), base.tokenizer

@@ -1,0 +1,232 @@
+"""Training loop for sequence classification: subspace (DID/SAID) or full fine-tuning.
+
+Nothing here is specific to a front end: progress, evaluation and checkpoints are reported
+through `TrainCallbacks` (as minGPT's trainer does), and cancelling is a callback returning True.
+Runs are reproducible: data order comes from (data_seed, epoch) and dropout is reseeded each
+step, so a run resumed from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from app.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from app.engine.data import batches_per_epoch, make_loader
+from app.engine.metrics import classification_metrics
+from app.engine.subspace import SubspaceModel
+
+DEFAULT_LR = {"said": 2e-2, "did": 2e-2, "full": 3e-5}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Subspace methods want large learning rates (θ_d lives in a
+    well-conditioned d-dimensional space: the paper searches 4 values around 1e-2); full
+    fine-tuning wants the usual 1e-5 to 5e-5. Leave learning_rate None for those defaults."""
+
+    method: Literal["said", "did", "full"] = "said"
+    epochs: int | None = None  # either epochs or max_steps; both None means 1 epoch
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    schedule: Literal["linear", "constant"] = "linear"
+    max_grad_norm: float | None = 1.0
+    eval_every: int | None = None  # steps; None: once per epoch and at the end
+    checkpoint_every: int | None = None  # steps; needs a checkpoint path
+    metric: str = "accuracy"  # which eval metric picks the best θ_d ("mcc" for CoLA)
+    data_seed: int = 0
+    bf16: bool = True  # autocast on CUDA only; CPU trains in float32
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float]  # eval metrics of the best state (or last train loss without eval)
+    best_step: int
+    history: list[dict] = field(default_factory=list)
+
+
+class TrainCallbacks:
+    """Hooks the trainer calls; override what you need. Return True from should_stop to cancel."""
+
+    def on_step(self, step: int, total: int, loss: float) -> None: ...
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, step: int) -> None: ...
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class TrainingCancelled(Exception):
+    """Raised when `should_stop` returns True; the last checkpoint (if any) is kept."""
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _lr_lambda(config: TrainConfig, total: int) -> Callable[[int], float]:
+    warmup = int(config.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _batches_to_device(batches: Iterable[dict], device: torch.device):
+    for batch in batches:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: Iterable[dict], device: torch.device) -> torch.Tensor:
+    """Logits (N, C) in float32 over a loader, in order. A SubspaceModel builds its weights once
+    for the whole pass rather than per batch."""
+    was_training = model.training
+    model.eval()
+    if isinstance(model, SubspaceModel):
+        weights = model.weights()
+        net = model.model
+
+        def run(batch):
+            return functional_call(net, weights, args=(), kwargs=batch)
+    else:
+        run = model  # noqa: E731
+    out = []
+    for batch in _batches_to_device(loader, device):
+        batch.pop("labels", None)
+        out.append(run(**batch).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate(model: nn.Module, dataset, config: TrainConfig, pad_id: int, device) -> dict:
+    loader = make_loader(dataset, config.eval_batch_size, False, 0, pad_id)
+    logits = predict_logits(model, loader, device)
+    labels = [dataset[i]["labels"] for i in range(len(dataset))]
+    return classification_metrics(logits.argmax(-1).tolist(), labels, logits.shape[-1])
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in _trainable(model).items()}
+
+
+def train(
+    model: nn.Module,
+    train_set,
+    config: TrainConfig,
+    pad_id: int,
+    eval_set=None,
+    callbacks: TrainCallbacks | None = None,
+    checkpoint_path: str | None = None,
+    run_id: str = "",
+    device: str | torch.device = "cpu",
+) -> TrainResult:
+    """Train `model` (a SubspaceModel, or a plain classifier for full fine-tuning) in place and
+    leave it holding the best state seen (by `config.metric` on `eval_set`, else the last).
+
+    run_id: a fingerprint of this run's inputs; a checkpoint with another run_id is refused.
+    """
+    callbacks = callbacks or TrainCallbacks()
+    device = torch.device(device)
+    per_epoch = batches_per_epoch(len(train_set), config.batch_size)
+    total = config.max_steps or per_epoch * (config.epochs or 1)
+    params = _trainable(model)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
+    eval_every = config.eval_every or per_epoch
+    autocast = device.type == "cuda" and config.bf16
+
+    step, best_metric, best_step, best_state, history = 0, -math.inf, 0, None, []
+    if checkpoint_path:
+        ckpt = load_checkpoint(checkpoint_path, run_id)
+        if ckpt is not None:
+            step, best_metric, best_step, history = ckpt.step, ckpt.best_metric, ckpt.best_step, ckpt.history
+            ckpt.restore(params, optimizer)
+            scheduler.last_epoch = step  # LambdaLR is a pure function of the step
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base_lr * scheduler.lr_lambdas[0](step)
+            best_state = ckpt.best_state
+
+    def checkpoint() -> None:
+        if checkpoint_path:
+            save_checkpoint(
+                checkpoint_path,
+                Checkpoint(run_id, step, best_metric, best_step, history, best_state),
+                params, optimizer,
+            )
+            callbacks.on_checkpoint(step)
+
+    def maybe_eval() -> None:
+        nonlocal best_metric, best_step, best_state
+        if eval_set is None:
+            return
+        metrics = evaluate(model, eval_set, config, pad_id, device)
+        history.append({"step": step, **metrics})
+        callbacks.on_eval(step, metrics)
+        if metrics[config.metric] > best_metric:
+            best_metric, best_step, best_state = metrics[config.metric], step, _snapshot(model)
+
+    model.train()
+    while step < total:
+        epoch, skip = divmod(step, per_epoch)
+        loader = make_loader(train_set, config.batch_size, True, config.data_seed, pad_id,
+                             epoch=epoch, skip_batches=skip)
+        for batch in _batches_to_device(loader, device):
+            if callbacks.should_stop():
+                checkpoint()
+                raise TrainingCancelled(f"cancelled at step {step}")
+            torch.manual_seed(config.data_seed * 1_000_003 + step)  # dropout, reproducibly
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = model(**batch).loss
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            callbacks.on_step(step, total, float(loss))
+            if step % eval_every == 0 or step == total:
+                maybe_eval()
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint()
+            if step >= total:
+                break
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(best_state[n])
+    model.eval()
+    metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+    if best_state is not None:
+        metrics = next({k: v for k, v in h.items() if k != "step"}
+                       for h in history if h["step"] == best_step)
+    return TrainResult(step, metrics, best_step or step, history)
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

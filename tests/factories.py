@@ -1,0 +1,57 @@
+"""Builders for test inputs: a tiny random-init BERT saved as a local HF folder, small data files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+WORDS = ["good", "great", "fine", "nice", "love", "bad", "awful", "poor", "hate", "dull",
+         "the", "a", "movie", "film", "plot", "is", "was", "very", "not", "so"]
+POSITIVE, NEGATIVE = WORDS[:5], WORDS[5:10]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A 2-layer BERT (hidden 32) with a word-level vocabulary, saved to `folder`. Its weights
+    come from torch's RNG under `seed`: fine for tests, which only need *some* fixed base."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(SPECIAL) + len(WORDS), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+    )
+    BertForSequenceClassification(config).bert.save_pretrained(folder)  # encoder only
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Rows whose label is decided by the sentiment words in them: learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        pool = POSITIVE if label else NEGATIVE
+        words = [rng.choice(pool)] + rng.sample(WORDS[10:], 3) + [rng.choice(pool)]
+        rng.shuffle(words)
+        rows.append({"sentence": " ".join(words), "label": str(label)})
+    return rows
+
+
+def write_tsv(path: Path, rows: list[dict]) -> Path:
+    cols = list(rows[0])
+    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
