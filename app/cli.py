@@ -40,16 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: per epoch)")
-    t.add_argument("--metric", default="accuracy", choices=["accuracy", "f1", "mcc"],
-                   help="eval metric that picks the best θ_d")
+    t.add_argument(
+        "--metric",
+        default="accuracy",
+        choices=["accuracy", "f1", "mcc"],
+        help="eval metric that picks the best θ_d",
+    )
     t.add_argument("--warmup-ratio", type=float, default=0.06)
     t.add_argument("--data-seed", type=int, default=0, help="shuffling and dropout seed")
-    t.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                   help="storage precision of θ_d and λ (float16 halves the file)")
+    t.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="storage precision of θ_d and λ (float16 halves the file)",
+    )
     t.add_argument("--checkpoint", help="checkpoint file: resumed from if present")
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    t.add_argument("--out", default="task.safetensors", help="task file (or folder for --method full)")
+    t.add_argument(
+        "--out", default="task.safetensors", help="task file (or folder for --method full)"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("predict", help="classify rows with a task file")
@@ -100,13 +110,20 @@ def _train(args: argparse.Namespace) -> int:
     train_data = read_table(args.train, columns)
     eval_data = read_table(args.eval, train_data.columns) if args.eval else None
     config = TrainConfig(
-        method=args.method, epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
-        batch_size=args.batch_size, eval_every=args.eval_every, metric=args.metric,
-        warmup_ratio=args.warmup_ratio, data_seed=args.data_seed,
+        method=args.method,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        metric=args.metric,
+        warmup_ratio=args.warmup_ratio,
+        data_seed=args.data_seed,
         checkpoint_every=args.checkpoint_every if args.checkpoint else None,
     )
-    req = TrainRequest(args.model, train_data, eval_data, args.dim, args.seed, args.max_length,
-                       args.dtype, config)
+    req = TrainRequest(
+        args.model, train_data, eval_data, args.dim, args.seed, args.max_length, args.dtype, config
+    )
     with ProgressBar(disabled=args.quiet) as bar:
         outcome = train_task(req, bar, args.checkpoint, _device(args.device))
     summary = {f"eval_{k}": v for k, v in outcome.metrics.items()}

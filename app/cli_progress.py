@@ -23,8 +23,14 @@ class ProgressBar(TrainCallbacks):
 
     def on_step(self, step: int, total: int, loss: float) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, initial=step - 1, file=sys.stderr, disable=self.disabled,
-                            desc="train", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                initial=step - 1,
+                file=sys.stderr,
+                disable=self.disabled,
+                desc="train",
+                dynamic_ncols=True,
+            )
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 

@@ -17,7 +17,9 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))
         if "data" in item.keywords and not GLUE.is_dir():
-            item.add_marker(pytest.mark.skip(reason=f"GLUE data not found at {GLUE} (set GLUE_DIR)"))
+            item.add_marker(
+                pytest.mark.skip(reason=f"GLUE data not found at {GLUE} (set GLUE_DIR)")
+            )
 
 
 @pytest.fixture(scope="session")

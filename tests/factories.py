@@ -1,4 +1,4 @@
-"""Builders for test inputs: a tiny random-init BERT saved as a local HF folder, small data files."""
+"""Test inputs: a tiny random-init BERT saved as a local HF folder, small data files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,28 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-WORDS = ["good", "great", "fine", "nice", "love", "bad", "awful", "poor", "hate", "dull",
-         "the", "a", "movie", "film", "plot", "is", "was", "very", "not", "so"]
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "nice",
+    "love",
+    "bad",
+    "awful",
+    "poor",
+    "hate",
+    "dull",
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "is",
+    "was",
+    "very",
+    "not",
+    "so",
+]
 POSITIVE, NEGATIVE = WORDS[:5], WORDS[5:10]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -24,8 +44,12 @@ def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 
     tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(SPECIAL) + len(WORDS), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
     )
     BertForSequenceClassification(config).bert.save_pretrained(folder)  # encoder only
     tokenizer.save_pretrained(folder)

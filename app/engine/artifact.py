@@ -67,7 +67,9 @@ class TaskArtifact:
             raise ArtifactFormatError("SAID tasks need λ and DID tasks must not have it")
         m = 0 if self.lam is None else self.lam.numel()
         if self.theta.numel() + m != self.dim:
-            raise ArtifactFormatError(f"θ and λ hold {self.theta.numel() + m} numbers, d={self.dim}")
+            raise ArtifactFormatError(
+                f"θ and λ hold {self.theta.numel() + m} numbers, d={self.dim}"
+            )
 
     def _metadata(self) -> dict:
         meta = {k: v for k, v in asdict(self).items() if k not in ("theta", "lam")}
@@ -117,7 +119,7 @@ class TaskArtifact:
             raise ArtifactFormatError(f"not a kilotask task file: {exc}") from exc
         if meta.get("spec") != SPEC_VERSION:
             raise SpecVersionError(
-                f"task uses projection spec '{meta.get('spec')}'; this build rebuilds {SPEC_VERSION}"
+                f"task uses projection spec '{meta.get('spec')}'; this build reads {SPEC_VERSION}"
             )
         if meta.get("format") != FORMAT_VERSION:
             raise ArtifactFormatError(f"task file format {meta.get('format')} is not supported")
@@ -146,6 +148,8 @@ def _canonical_json(obj: dict) -> str:
         return v
 
     return json.dumps(
-        {k: clean(v) for k, v in obj.items()}, sort_keys=True, separators=(",", ":"),
+        {k: clean(v) for k, v in obj.items()},
+        sort_keys=True,
+        separators=(",", ":"),
         ensure_ascii=False,
     )

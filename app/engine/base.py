@@ -137,7 +137,10 @@ def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
     hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we seed it
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, output_loading_info=True, ignore_mismatched_sizes=True,
+            path,
+            num_labels=num_labels,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
             torch_dtype=torch.float32,
         )
     except (OSError, ValueError) as exc:

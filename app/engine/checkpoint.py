@@ -31,7 +31,9 @@ class Checkpoint:
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _groups: list[dict] = field(default_factory=list, repr=False)
 
-    def restore(self, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+    def restore(
+        self, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer
+    ) -> None:
         """Copy saved parameters and optimiser state into live objects."""
         with torch.no_grad():
             for name, p in params.items():
@@ -90,6 +92,12 @@ def load_checkpoint(path: str | os.PathLike, run_id: str) -> Checkpoint | None:
     best = {k[5:]: t for k, t in tensors.items() if k.startswith("best/")} or None
     best_metric = meta["best_metric"] if meta["best_metric"] is not None else -math.inf
     return Checkpoint(
-        run_id, meta["step"], best_metric, meta["best_step"], meta["history"], best,
-        _tensors=tensors, _groups=meta["param_groups"],
+        run_id,
+        meta["step"],
+        best_metric,
+        meta["best_step"],
+        meta["history"],
+        best,
+        _tensors=tensors,
+        _groups=meta["param_groups"],
     )

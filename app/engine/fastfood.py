@@ -105,7 +105,9 @@ class _ProjectFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         with torch.autocast(grad.device.type, enabled=False):
-            return ctx.projection.transpose(grad.float() if grad.dtype == torch.bfloat16 else grad), None
+            return ctx.projection.transpose(
+                grad.float() if grad.dtype == torch.bfloat16 else grad
+            ), None
 
 
 def project(x: torch.Tensor, projection: Projection) -> torch.Tensor:
@@ -119,7 +121,11 @@ CACHE_SIZE = 2
 
 
 def get_projection(
-    d: int, D: int, seed: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    d: int,
+    D: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> FastfoodProjection:
     """A shared FastfoodProjection, LRU-cached per (d, D, seed, device, dtype).
 

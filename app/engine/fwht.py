@@ -26,7 +26,9 @@ def _sylvester(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     return h.to(dtype=dtype, device=device)
 
 
-def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.Tensor:
+def hadamard_matrix(
+    n: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> torch.Tensor:
     """(n, n) Sylvester Hadamard matrix: entries ±1, H @ H = n·I, symmetric."""
     if not is_power_of_two(n):
         raise ValueError(f"Hadamard size must be a power of two, got {n}")

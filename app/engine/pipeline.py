@@ -54,8 +54,12 @@ class TrainOutcome:
 def run_fingerprint(req: TrainRequest) -> str:
     """sha256 over everything that determines the run, so a checkpoint resumes only itself."""
     h = hashlib.sha256()
-    cfg = {k: v for k, v in asdict(req.config).items() if k not in ("eval_every", "checkpoint_every")}
-    h.update(json.dumps([req.model, req.dim, req.seed, req.max_length, cfg], sort_keys=True).encode())
+    cfg = {
+        k: v for k, v in asdict(req.config).items() if k not in ("eval_every", "checkpoint_every")
+    }
+    h.update(
+        json.dumps([req.model, req.dim, req.seed, req.max_length, cfg], sort_keys=True).encode()
+    )
     for data in (req.train_data, req.eval_data):
         if data is not None:
             h.update(json.dumps([data.texts, data.text_pairs, data.labels]).encode())
@@ -96,24 +100,45 @@ def train_task(
             p.requires_grad_(True)
     else:
         model = SubspaceModel(base.model, SubspaceConfig(method, req.dim, req.seed), device=device)
-    result = train(model, train_set, req.config, pad_id, eval_set, callbacks, checkpoint_path,
-                   run_fingerprint(req), device)
+    result = train(
+        model,
+        train_set,
+        req.config,
+        pad_id,
+        eval_set,
+        callbacks,
+        checkpoint_path,
+        run_fingerprint(req),
+        device,
+    )
     metrics = dict(result.metrics)
     if method == "full":
         return TrainOutcome(metrics, result.step, result.history, None, model, base.tokenizer)
 
     artifact = TaskArtifact(
-        model=req.model, base_digest=base.digest, seed=req.seed, method=method, dim=req.dim,
-        D=model.D, labels=labels, text_column=req.train_data.columns.text,
-        text_pair_column=req.train_data.columns.text_pair, max_length=req.max_length,
-        theta=model.theta, lam=model.lam, dtype=req.storage_dtype,
+        model=req.model,
+        base_digest=base.digest,
+        seed=req.seed,
+        method=method,
+        dim=req.dim,
+        D=model.D,
+        labels=labels,
+        text_column=req.train_data.columns.text,
+        text_pair_column=req.train_data.columns.text_pair,
+        max_length=req.max_length,
+        theta=model.theta,
+        lam=model.lam,
+        dtype=req.storage_dtype,
     )
-    model.load_vector(artifact.theta.to(device), None if artifact.lam is None else artifact.lam.to(device))
+    model.load_vector(
+        artifact.theta.to(device), None if artifact.lam is None else artifact.lam.to(device)
+    )
     if eval_set is not None and req.storage_dtype != "float32":
         metrics = evaluate(model, eval_set, req.config, pad_id, device)
     artifact = replace(artifact, metrics={f"eval_{k}": v for k, v in metrics.items()})
-    return TrainOutcome(metrics, result.step, result.history, artifact, model.materialize(),
-                        base.tokenizer)
+    return TrainOutcome(
+        metrics, result.step, result.history, artifact, model.materialize(), base.tokenizer
+    )
 
 
 @dataclass
@@ -133,8 +158,11 @@ def predict_task(
     """Rebuild `task` on its base (or `model`) and classify `data` in order."""
     net, tokenizer = load_task_model(task, model, device)
     ds = TokenizedDataset(data, tokenizer, task.max_length, None)
-    logits = predict_logits(net, make_loader(ds, batch_size, False, 0, tokenizer.pad_token_id or 0),
-                            torch.device(device))
+    logits = predict_logits(
+        net,
+        make_loader(ds, batch_size, False, 0, tokenizer.pad_token_id or 0),
+        torch.device(device),
+    )
     probs = torch.softmax(logits, -1)
     preds = logits.argmax(-1).tolist()
     metrics = None

@@ -83,7 +83,9 @@ def gaussians(seed: int, stream: int, count: int, start: int = 0) -> torch.Tenso
 
     def fill(lo: int) -> None:
         hi = min(lo + _CHUNK, count)
-        idx = torch.from_numpy((random_bits(seed, stream, start + lo, hi - lo) >> 16).astype(np.int32))
+        idx = torch.from_numpy(
+            (random_bits(seed, stream, start + lo, hi - lo) >> 16).astype(np.int32)
+        )
         torch.index_select(table, 0, idx, out=out[lo:hi])
 
     starts = range(0, count, _CHUNK)

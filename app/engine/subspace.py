@@ -53,7 +53,9 @@ def validate(config: SubspaceConfig, num_tensors: int, D: int) -> None:
     low = num_tensors + 1 if config.method == "said" else 1
     if not low <= config.dim <= D:
         hint = f" (SAID spends {num_tensors} of d on per-tensor scales)" if low > 1 else ""
-        raise SubspaceConfigError(f"dim must be in [{low}, {D}] for this model{hint}, got {config.dim}")
+        raise SubspaceConfigError(
+            f"dim must be in [{low}, {D}] for this model{hint}, got {config.dim}"
+        )
 
 
 def subspace_weights(
@@ -137,7 +139,9 @@ class SubspaceModel(nn.Module):
     def load_vector(self, theta: torch.Tensor, lam: torch.Tensor | None) -> None:
         """Set θ_d (and λ) from stored values, checking shapes."""
         if tuple(theta.shape) != (self.d_proj,):
-            raise SubspaceConfigError(f"θ has shape {tuple(theta.shape)}, expected ({self.d_proj},)")
+            raise SubspaceConfigError(
+                f"θ has shape {tuple(theta.shape)}, expected ({self.d_proj},)"
+            )
         with torch.no_grad():
             self.theta.copy_(theta)
             if self.lam is not None:

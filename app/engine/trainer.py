@@ -164,7 +164,12 @@ def train(
     if checkpoint_path:
         ckpt = load_checkpoint(checkpoint_path, run_id)
         if ckpt is not None:
-            step, best_metric, best_step, history = ckpt.step, ckpt.best_metric, ckpt.best_step, ckpt.history
+            step, best_metric, best_step, history = (
+                ckpt.step,
+                ckpt.best_metric,
+                ckpt.best_step,
+                ckpt.history,
+            )
             ckpt.restore(params, optimizer)
             scheduler.last_epoch = step  # LambdaLR is a pure function of the step
             for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
@@ -176,7 +181,8 @@ def train(
             save_checkpoint(
                 checkpoint_path,
                 Checkpoint(run_id, step, best_metric, best_step, history, best_state),
-                params, optimizer,
+                params,
+                optimizer,
             )
             callbacks.on_checkpoint(step)
 
@@ -193,8 +199,15 @@ def train(
     model.train()
     while step < total:
         epoch, skip = divmod(step, per_epoch)
-        loader = make_loader(train_set, config.batch_size, True, config.data_seed, pad_id,
-                             epoch=epoch, skip_batches=skip)
+        loader = make_loader(
+            train_set,
+            config.batch_size,
+            True,
+            config.data_seed,
+            pad_id,
+            epoch=epoch,
+            skip_batches=skip,
+        )
         for batch in _batches_to_device(loader, device):
             if callbacks.should_stop():
                 checkpoint()
@@ -223,8 +236,9 @@ def train(
     model.eval()
     metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
     if best_state is not None:
-        metrics = next({k: v for k, v in h.items() if k != "step"}
-                       for h in history if h["step"] == best_step)
+        metrics = next(
+            {k: v for k, v in h.items() if k != "step"} for h in history if h["step"] == best_step
+        )
     return TrainResult(step, metrics, best_step or step, history)
 
 

@@ -28,7 +28,9 @@ def test_transpose_is_the_adjoint_of_the_dense_matrix():
 def test_linear():
     p = FastfoodProjection(100, 7000, seed=1, dtype=torch.float64)
     x, y = torch.randn(100, dtype=torch.float64), torch.randn(100, dtype=torch.float64)
-    torch.testing.assert_close(p.forward(2.5 * x - 0.5 * y), 2.5 * p.forward(x) - 0.5 * p.forward(y))
+    torch.testing.assert_close(
+        p.forward(2.5 * x - 0.5 * y), 2.5 * p.forward(x) - 0.5 * p.forward(y)
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -87,4 +89,6 @@ def test_cuda_matches_cpu():
     gpu = FastfoodProjection(900, 300_000, seed=4, device="cuda")
     torch.testing.assert_close(gpu.forward(x.cuda()).cpu(), cpu.forward(x), rtol=1e-4, atol=1e-6)
     y = torch.randn(300_000)
-    torch.testing.assert_close(gpu.transpose(y.cuda()).cpu(), cpu.transpose(y), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        gpu.transpose(y.cuda()).cpu(), cpu.transpose(y), rtol=1e-4, atol=1e-5
+    )
