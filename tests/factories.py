@@ -39,9 +39,8 @@ def make_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 
     """A 2-layer BERT (hidden 32) with a word-level vocabulary, saved to `folder`. Its weights
     come from torch's RNG under `seed`: fine for tests, which only need *some* fixed base."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),

@@ -59,7 +59,7 @@ class TaskArtifact:
             t = getattr(self, name)
             if t is None:
                 continue
-            t = t.detach().to("cpu", stored).float()  # hold exactly what the file holds
+            t = t.detach().to("cpu", stored).float().clone()  # exactly what the file holds
             if t.ndim != 1 or not torch.isfinite(t).all():
                 raise ArtifactFormatError(f"{name} must be a finite 1-D vector")
             object.__setattr__(self, name, t)

@@ -134,6 +134,7 @@ def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we seed it
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(

@@ -110,7 +110,7 @@ def predict_logits(model: nn.Module, loader: Iterable[dict], device: torch.devic
         weights = model.weights()
         net = model.model
 
-        def run(batch):
+        def run(**batch):
             return functional_call(net, weights, args=(), kwargs=batch)
     else:
         run = model  # noqa: E731
@@ -222,7 +222,7 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            callbacks.on_step(step, total, float(loss))
+            callbacks.on_step(step, total, loss.item())
             if step % eval_every == 0 or step == total:
                 maybe_eval()
             if config.checkpoint_every and step % config.checkpoint_every == 0:

@@ -1,0 +1,44 @@
+"""Classification metrics (accuracy, Matthews correlation, binary F1) in pure Python, so the
+engine needs no sklearn and the numbers are exact for any number of classes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def confusion_matrix(
+    preds: Sequence[int], labels: Sequence[int], num_classes: int
+) -> list[list[int]]:
+    """counts[true][pred]."""
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions but {len(labels)} labels")
+    if not preds:
+        raise ValueError("no predictions to score")
+    counts = [[0] * num_classes for _ in range(num_classes)]
+    for p, t in zip(preds, labels, strict=True):
+        if not (0 <= p < num_classes and 0 <= t < num_classes):
+            raise ValueError(f"class ids must lie in [0, {num_classes}); got pred {p}, label {t}")
+        counts[t][p] += 1
+    return counts
+
+
+def classification_metrics(
+    preds: Sequence[int], labels: Sequence[int], num_classes: int
+) -> dict[str, float]:
+    """accuracy and mcc (Gorodkin's multiclass R_K; 0.0 when undefined), plus f1 of class 1
+    when num_classes == 2 (0.0 when undefined)."""
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    counts = confusion_matrix(preds, labels, num_classes)
+    n = len(preds)
+    correct = sum(counts[k][k] for k in range(num_classes))
+    true_k = [sum(row) for row in counts]
+    pred_k = [sum(col) for col in zip(*counts, strict=True)]
+    cov = correct * n - sum(t * p for t, p in zip(true_k, pred_k, strict=True))
+    denom = (n * n - sum(p * p for p in pred_k)) * (n * n - sum(t * t for t in true_k))
+    out = {"accuracy": correct / n, "mcc": cov / math.sqrt(denom) if denom else 0.0}
+    if num_classes == 2:
+        tp, fp, fn = counts[1][1], counts[0][1], counts[1][0]
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return out

