@@ -36,4 +36,5 @@ class ProgressBar(TrainCallbacks):
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
-            self.bar.write(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            line = f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            self.bar.write(line, file=sys.stderr)

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from app.engine.artifact import TaskArtifact
+from app.engine.data import read_table  # noqa: I001
+from app.engine.errors import CheckpointError
+from app.engine.pipeline import TrainRequest, predict_task, train_task
+from app.engine.trainer import TrainCallbacks, TrainConfig, TrainingCancelled
+from tests.factories import sentiment_rows, write_tsv
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    train = read_table(write_tsv(folder / "train.tsv", sentiment_rows(160, seed=0)))
+    dev = read_table(write_tsv(folder / "dev.tsv", sentiment_rows(40, seed=1)))
+    return train, dev
+
+
+def request(tiny_bert, data, method="said", **config) -> TrainRequest:
+    train, dev = data
+    defaults = dict(method=method, max_steps=12, batch_size=16, learning_rate=0.5, eval_every=4)
+    defaults.update(config)
+    return TrainRequest(
+        str(tiny_bert), train, dev, dim=150, seed=2, max_length=16, config=TrainConfig(**defaults)
+    )
+
+
+class StopAt(TrainCallbacks):
+    def __init__(self, step: int):
+        self.stop_at, self.step = step, 0
+
+    def on_step(self, step, total, loss):
+        self.step = step
+
+    def should_stop(self):
+        return self.step >= self.stop_at
+
+
+@pytest.mark.parametrize("method", ["said", "did"])
+def test_killed_run_resumes_to_the_same_result(tiny_bert, data, tmp_path, method):
+    straight = train_task(request(tiny_bert, data, method))
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(TrainingCancelled):
+        train_task(request(tiny_bert, data, method, checkpoint_every=3), StopAt(7), str(ckpt))
+    assert ckpt.exists()
+    resumed = train_task(request(tiny_bert, data, method, checkpoint_every=3), None, str(ckpt))
+    assert resumed.step == straight.step == 12
+    assert torch.equal(resumed.artifact.theta, straight.artifact.theta)
+    if method == "said":
+        assert torch.equal(resumed.artifact.lam, straight.artifact.lam)
+    assert resumed.history == straight.history
+    assert resumed.artifact.digest == straight.artifact.digest
+
+
+def test_checkpoint_of_another_run_is_refused(tiny_bert, data, tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    train_task(request(tiny_bert, data, max_steps=3, checkpoint_every=3), None, str(ckpt))
+    with pytest.raises(CheckpointError, match="another run"):
+        train_task(request(tiny_bert, data, max_steps=3, learning_rate=0.1), None, str(ckpt))
+
+
+def test_best_theta_is_kept_and_reported(tiny_bert, data):
+    out = train_task(request(tiny_bert, data, max_steps=12))
+    best = max(h["accuracy"] for h in out.history)
+    assert out.metrics["accuracy"] == best
+    assert out.artifact.metrics["eval_accuracy"] == best
+    assert [h["step"] for h in out.history] == [4, 8, 12]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_rebuilt_task_predicts_exactly_what_training_reported(tiny_bert, data, tmp_path, dtype):
+    req = request(tiny_bert, data)
+    req.storage_dtype = dtype
+    out = train_task(req)
+    path = tmp_path / "task.safetensors"
+    out.artifact.save(path)
+    pred = predict_task(TaskArtifact.load(path), data[1])
+    assert pred.metrics == out.metrics
+
+
+def test_full_finetuning_learns_the_toy_task(tiny_bert, data):
+    out = train_task(
+        request(tiny_bert, data, "full", max_steps=60, learning_rate=2e-3, eval_every=20)
+    )
+    assert out.artifact is None
+    assert out.metrics["accuracy"] >= 0.9
+
+
+def test_subspace_training_moves_theta_and_lowers_loss(tiny_bert, data):
+    losses = []
+
+    class Record(TrainCallbacks):
+        def on_step(self, step, total, loss):
+            losses.append(loss)
+
+    out = train_task(
+        request(
+            tiny_bert,
+            data,
+            "did",
+            max_steps=30,
+            warmup_ratio=0.0,
+            schedule="constant",
+            learning_rate=0.3,
+        ),
+        Record(),
+    )
+    assert out.artifact.theta.abs().sum() > 0
+    assert sum(losses[-10:]) < sum(losses[:10])

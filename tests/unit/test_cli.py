@@ -1,0 +1,126 @@
+"""The kilotask command as a user runs it: separate processes, JSON on stdout, exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.factories import sentiment_rows, write_jsonl, write_tsv
+
+KILOTASK = str(Path(sys.executable).parent / "kilotask")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([KILOTASK, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    train = write_tsv(folder / "train.tsv", sentiment_rows(64, seed=0))
+    dev = write_jsonl(folder / "dev.jsonl", sentiment_rows(24, seed=1))
+    out = folder / "task.safetensors"
+    proc = run(
+        "train",
+        "--model",
+        str(tiny_bert),
+        "--train",
+        str(train),
+        "--eval",
+        str(dev),
+        "--method",
+        "said",
+        "--dim",
+        "120",
+        "--max-steps",
+        "6",
+        "--lr",
+        "0.3",
+        "--batch-size",
+        "16",
+        "--max-length",
+        "16",
+        "--out",
+        str(out),
+    )
+    return folder, out, dev, proc
+
+
+def test_train_prints_one_json_line_with_the_contract_fields(trained):
+    _, out, _, proc = trained
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert {"eval_accuracy", "dim", "bytes", "task_digest"} <= summary.keys()
+    assert summary["dim"] == 120 and summary["bytes"] == out.stat().st_size
+    assert "train" in proc.stderr  # the progress bar goes to stderr
+
+
+def test_predict_in_a_new_process_matches_the_reported_accuracy(trained, tiny_bert):
+    _, out, dev, proc = trained
+    reported = json.loads(proc.stdout)["eval_accuracy"]
+    pred = run(
+        "predict",
+        str(out),
+        "--input",
+        str(dev),
+        "--label-column",
+        "label",
+        "--model",
+        str(tiny_bert),
+    )
+    lines = [json.loads(line) for line in pred.stdout.strip().splitlines()]
+    assert len(lines) == 25
+    assert set(lines[0]) == {"label", "scores"} and set(lines[0]["scores"]) == {"0", "1"}
+    assert lines[-1]["accuracy"] == reported
+
+
+def test_inspect_shows_metadata_and_digest(trained):
+    _, out, _, proc = trained
+    meta = json.loads(run("inspect", str(out)).stdout)
+    assert meta["digest"] == json.loads(proc.stdout)["task_digest"]
+    assert meta["spec"] == "fastfood-v1" and meta["method"] == "said" and meta["dim"] == 120
+    assert meta["labels"] == ["0", "1"] and meta["text_column"] == "sentence"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--label-column", "stars"], "stars"),
+        (["--dim", "10"], "dim must be"),
+        (["--model", "no-such-model-anywhere"], "no-such-model-anywhere"),
+    ],
+)
+def test_bad_training_input_exits_2_with_a_message(trained, tiny_bert, extra, message):
+    folder, *_ = trained
+    args = ["train", "--model", str(tiny_bert), "--train", str(folder / "train.tsv")]
+    proc = run(*args, "--max-steps", "1", *extra, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_headerless_file_is_refused(trained, tiny_bert, tmp_path):
+    bad = tmp_path / "cola.tsv"
+    bad.write_text("gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n" * 3)
+    proc = run("train", "--model", str(tiny_bert), "--train", str(bad), check=False)
+    assert proc.returncode == 2 and "header" in proc.stderr
+
+
+def test_wrong_base_and_corrupted_task_are_refused(trained, tmp_path):
+    from tests.factories import make_tiny_bert
+
+    _, out, dev, _ = trained
+    other = make_tiny_bert(tmp_path / "other", seed=7)
+    proc = run("predict", str(out), "--input", str(dev), "--model", str(other), check=False)
+    assert proc.returncode == 2 and "digest" in proc.stderr
+    broken = tmp_path / "broken.safetensors"
+    data = bytearray(out.read_bytes())
+    data[-2] ^= 0xFF
+    broken.write_bytes(bytes(data))
+    proc = run("inspect", str(broken), check=False)
+    assert proc.returncode == 2 and "corrupted" in proc.stderr
