@@ -31,23 +31,25 @@ def timed(fn, reps: int, warmup: int = 1) -> float:
     """Median seconds of `reps` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
 def train_step_fn(model, params, batch, lr):
     opt = torch.optim.AdamW(params, lr=lr)
+    device = next(iter(params)).device
 
     def step():
-        model(**batch).loss.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(**batch).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -61,27 +63,30 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--dims", type=int, nargs="+", default=[1000])
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     base = load_base(args.model, num_labels=2, seed=0)
     D = base.num_parameters
+    dev = torch.device(args.device)
     batch = {
-        "input_ids": torch.randint(1000, 20000, (args.batch, args.seq)),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
-        "labels": torch.randint(0, 2, (args.batch,)),
+        "input_ids": torch.randint(1000, 20000, (args.batch, args.seq), device=dev),
+        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=dev),
+        "labels": torch.randint(0, 2, (args.batch,), device=dev),
     }
     rows: list[dict] = []
 
-    full = copy.deepcopy(base.model).train()
+    full = copy.deepcopy(base.model).to(dev).train()
     full_s = timed(train_step_fn(full, list(full.parameters()), batch, 3e-5), args.reps)
     rows.append({"what": "full fine-tuning step", "seconds": full_s, "ratio": 1.0})
     del full
 
     for method in ("said", "did"):
         for dim in args.dims:
-            sub = SubspaceModel(copy.deepcopy(base.model), SubspaceConfig(method, dim, 0)).train()
+            config = SubspaceConfig(method, dim, 0)
+            sub = SubspaceModel(copy.deepcopy(base.model), config, device=dev).train()
             params = [p for p in sub.parameters() if p.requires_grad]
             s = timed(train_step_fn(sub, params, batch, 2e-2), args.reps)
             rows.append(
@@ -89,7 +94,7 @@ def main() -> None:
             )
             del sub
 
-    flat = torch.randn(D)
+    flat = torch.randn(D, device=dev)
     copy_s = timed(lambda: flat.clone(), 10)
     rows.append({"what": f"copy D={D} floats (floor)", "seconds": copy_s, "ratio": 1.0})
 
@@ -112,8 +117,8 @@ def main() -> None:
         lam=sub.lam,
     )
     del sub
-    proj = FastfoodProjection(task.theta.numel(), D, 0)
-    x = task.theta.clone()
+    proj = FastfoodProjection(task.theta.numel(), D, 0, device=dev)
+    x = task.theta.to(dev)
     p_s = timed(lambda: proj.forward(x), args.reps)
     rows.append({"what": f"projection P(θ), d={dim}", "seconds": p_s, "ratio": p_s / copy_s})
 
@@ -123,7 +128,7 @@ def main() -> None:
         return fresh
 
     bases = [rebuild() for _ in range(args.reps + 1)]
-    warm_s = timed(lambda: reconstruct(bases.pop(), task), args.reps)
+    warm_s = timed(lambda: reconstruct(bases.pop(), task, dev), args.reps)
     rows.append(
         {
             "what": "reconstruct all weights (seed cached)",
@@ -131,7 +136,7 @@ def main() -> None:
             "ratio": warm_s / copy_s,
         }
     )
-    gen_s = timed(lambda: FastfoodProjection(task.theta.numel(), D, 12345), 3)
+    gen_s = timed(lambda: FastfoodProjection(task.theta.numel(), D, 12345, device=dev), 3)
     rows.append(
         {
             "what": "generate P for a new seed (cold extra)",
@@ -150,7 +155,7 @@ def main() -> None:
         "D": D,
         "batch": args.batch,
         "seq": args.seq,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
     }
     print(json.dumps(env))
     print(f"{'measurement':45s} {'ms':>10s} {'ratio':>8s}")

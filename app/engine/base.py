@@ -142,7 +142,7 @@ def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
             num_labels=num_labels,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
-            torch_dtype=torch.float32,
+            dtype=torch.float32,
         )
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{model_id}' from {path}: {exc}") from exc

@@ -22,7 +22,7 @@ from app.engine.data import batches_per_epoch, make_loader
 from app.engine.metrics import classification_metrics
 from app.engine.subspace import SubspaceModel
 
-DEFAULT_LR = {"said": 2e-2, "did": 2e-2, "full": 3e-5}
+DEFAULT_LR = {"said": 0.2, "did": 0.2, "full": 3e-5}
 
 
 @dataclass
