@@ -58,13 +58,18 @@ def main() -> None:
     half = len(rows.texts) * 2 // 3
 
     def part(lo: int, hi: int) -> LabelledText:
-        return LabelledText(rows.texts[lo:hi], None, rows.labels[lo:hi], rows.columns,
-                            rows.all_columns)
+        return LabelledText(
+            rows.texts[lo:hi], None, rows.labels[lo:hi], rows.columns, rows.all_columns
+        )
 
     config = TrainConfig(method="said", max_steps=40, learning_rate=0.1, eval_every=20)
     t = time.perf_counter()
-    out = train_task(TrainRequest(args.base, part(0, half), part(half, len(rows.texts)), 1000,
-                                  0, 64, config=config), device="cuda")
+    out = train_task(
+        TrainRequest(
+            args.base, part(0, half), part(half, len(rows.texts)), 1000, 0, 64, config=config
+        ),
+        device="cuda",
+    )
     report["cuda_bf16_train_40_steps_s"] = time.perf_counter() - t
     report["cuda_train_history"] = out.history
     print(json.dumps(report, indent=2))
