@@ -23,7 +23,17 @@ from app.engine.spec import SPEC_VERSION
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-_META_KEY = "kilotask"
+# Metadata fields stored as plain strings; every other field is stored as compact JSON.
+_STRING_FIELDS = {
+    "model",
+    "base_digest",
+    "method",
+    "text_column",
+    "text_pair_column",
+    "dtype",
+    "spec",
+    "digest",
+}
 
 
 @dataclass(frozen=True)
@@ -73,15 +83,14 @@ class TaskArtifact:
 
     def _metadata(self) -> dict:
         meta = {k: v for k, v in asdict(self).items() if k not in ("theta", "lam")}
-        meta["metrics"] = {k: round(float(v), 6) for k, v in self.metrics.items()}
+        meta["metrics"] = {k: round(float(v), 4) for k, v in self.metrics.items()}
+        meta["lambdas"] = 0 if self.lam is None else self.lam.numel()
         return meta
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        stored = STORAGE_DTYPES[self.dtype]
-        out = {"theta": self.theta.to(stored).contiguous()}
-        if self.lam is not None:
-            out["lam"] = self.lam.to(stored).contiguous()
-        return out
+        """One vector θ_d = [θ_{d-m}, λ] as in the paper (λ absent for DID): one tensor header."""
+        parts = [self.theta] if self.lam is None else [self.theta, self.lam]
+        return {"theta_d": torch.cat(parts).to(STORAGE_DTYPES[self.dtype]).contiguous()}
 
     @property
     def digest(self) -> str:
@@ -98,7 +107,7 @@ class TaskArtifact:
 
     def to_bytes(self) -> bytes:
         meta = self.describe()
-        return st_save(self._tensors(), metadata={_META_KEY: _canonical_json(meta)})
+        return st_save(self._tensors(), metadata=_flatten(meta))
 
     def save(self, path: str | Path) -> int:
         """Write the task file; returns its size in bytes."""
@@ -114,9 +123,11 @@ class TaskArtifact:
         try:
             tensors = st_load(data)
             header_len = int.from_bytes(data[:8], "little")
-            meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"][_META_KEY])
+            meta = _unflatten(json.loads(data[8 : 8 + header_len])["__metadata__"])
         except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise ArtifactFormatError(f"not a kilotask task file: {exc}") from exc
+        if "format" not in meta or "spec" not in meta:
+            raise ArtifactFormatError("not a kilotask task file: no kilotask metadata")
         if meta.get("spec") != SPEC_VERSION:
             raise SpecVersionError(
                 f"task uses projection spec '{meta.get('spec')}'; this build reads {SPEC_VERSION}"
@@ -125,7 +136,15 @@ class TaskArtifact:
             raise ArtifactFormatError(f"task file format {meta.get('format')} is not supported")
         claimed = meta.pop("digest", None)
         try:
-            art = cls(**meta, theta=tensors["theta"], lam=tensors.get("lam"))
+            m = meta.pop("lambdas")
+            theta_d = tensors["theta_d"]
+            if theta_d.ndim != 1 or not 0 <= m < theta_d.numel():
+                raise ArtifactFormatError(f"θ_d has shape {tuple(theta_d.shape)} for m={m}")
+            theta, lam = (
+                theta_d[: theta_d.numel() - m],
+                theta_d[theta_d.numel() - m :] if m else None,
+            )
+            art = cls(**meta, theta=theta, lam=lam)
         except (TypeError, KeyError) as exc:
             raise ArtifactFormatError(f"task file metadata is incomplete: {exc}") from exc
         if claimed != art.digest:
@@ -141,15 +160,28 @@ class TaskArtifact:
         return cls.from_bytes(data)
 
 
-def _canonical_json(obj: dict) -> str:
+def _flatten(meta: dict) -> dict[str, str]:
+    """One safetensors metadata entry per field (strings as-is, the rest as JSON), None omitted:
+    no JSON-in-JSON escaping, which keeps a d=200 task under 1 KB."""
+    out = {}
+    for key, value in meta.items():
+        if value is not None:
+            out[key] = value if key in _STRING_FIELDS else _canonical_json(value)
+    return out
+
+
+def _unflatten(flat: dict[str, str]) -> dict:
+    meta = {k: v if k in _STRING_FIELDS else json.loads(v) for k, v in flat.items()}
+    meta.setdefault("text_pair_column", None)
+    return meta
+
+
+def _canonical_json(obj) -> str:
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):
             return None
         return v
 
-    return json.dumps(
-        {k: clean(v) for k, v in obj.items()},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    if isinstance(obj, dict):
+        obj = {k: clean(v) for k, v in obj.items()}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
