@@ -99,3 +99,28 @@ def test_digest_changes_with_any_base_weight(tiny_bert):
     with torch.no_grad():
         base.model.bert.embeddings.LayerNorm.bias[0] += 1e-6
     assert base_digest(base.model, base.seeded) != before
+
+
+def test_roberta_family_works_too():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from app.engine.base import seeded_init_
+
+    config = RobertaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+        max_position_embeddings=40,
+    )
+    model = RobertaForSequenceClassification(config).eval()
+    head = frozenset(n for n, _ in model.named_parameters() if n.startswith("classifier."))
+    seeded_init_(model, head, seed=1)
+    ids = torch.tensor([[0, 5, 9, 12, 2]])
+    ref = model(input_ids=ids).logits
+    sub = SubspaceModel(model, SubspaceConfig("said", 200, 1))
+    torch.testing.assert_close(sub(input_ids=ids).logits, ref, rtol=0, atol=0)
+    sub(input_ids=ids, labels=torch.tensor([2])).loss.backward()
+    assert (sub.theta.grad != 0).all()

@@ -108,3 +108,30 @@ def test_subspace_training_moves_theta_and_lowers_loss(tiny_bert, data):
     )
     assert out.artifact.theta.abs().sum() > 0
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_sentence_pairs_three_classes_and_epochs(tiny_bert, tmp_path):
+    import random
+
+    rng = random.Random(3)
+    rows = []
+    for _ in range(48):
+        a, b = rng.sample(["good", "bad", "fine", "dull", "great", "poor"], 2)
+        rows.append(
+            {
+                "premise": f"the movie was {a}",
+                "hypothesis": f"the film is {b}",
+                "label": rng.choice(["entail", "neutral", "contradict"]),
+            }
+        )
+    data = read_table(write_tsv(tmp_path / "pairs.tsv", rows))
+    assert data.columns.text_pair == "hypothesis"
+    config = TrainConfig(method="said", epochs=2, batch_size=16, learning_rate=0.3)
+    out = train_task(TrainRequest(str(tiny_bert), data, data, 150, 0, 24, config=config))
+    assert out.step == 6  # 2 epochs × ceil(48 / 16) batches
+    assert [h["step"] for h in out.history] == [3, 6]  # evaluated once per epoch
+    assert out.artifact.labels == ["contradict", "entail", "neutral"]
+    assert out.artifact.text_pair_column == "hypothesis"
+    assert "f1" not in out.metrics and {"accuracy", "mcc"} <= out.metrics.keys()
+    pred = predict_task(out.artifact, data)
+    assert pred.metrics == out.metrics
