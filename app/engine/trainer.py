@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -212,7 +212,8 @@ def train(
             if callbacks.should_stop():
                 checkpoint()
                 raise TrainingCancelled(f"cancelled at step {step}")
-            torch.manual_seed(config.data_seed * 1_000_003 + step)  # dropout, reproducibly
+            # Reseed dropout per step so a resumed run draws the same masks as an unbroken one.
+            torch.manual_seed(config.data_seed * 1_000_003 + step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = model(**batch).loss
             loss.backward()
@@ -234,13 +235,6 @@ def train(
             for n, p in params.items():
                 p.copy_(best_state[n])
     model.eval()
-    metrics = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
-    if best_state is not None:
-        metrics = next(
-            {k: v for k, v in h.items() if k != "step"} for h in history if h["step"] == best_step
-        )
+    best = next((h for h in history if h["step"] == best_step), {})
+    metrics = {k: v for k, v in best.items() if k != "step"}
     return TrainResult(step, metrics, best_step or step, history)
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
