@@ -1,0 +1,144 @@
+"""Tables. A trained task is stored as just its numbers (θ_d, λ) plus metadata and metrics;
+datasets are stored in the database so a worker on another machine can read them.
+
+Singular snake_case tables, `_at` timestamps, `<table>_id` foreign keys, string ids with a
+readable prefix (`job_…`, `task_…`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Tenant(Base):
+    __tablename__ = "tenant"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ten"))
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """Only the sha256 of a key is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Dataset(Base):
+    __tablename__ = "dataset"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[list] = mapped_column(JSON)
+    text_column: Mapped[str] = mapped_column(String(255))
+    text_pair_column: Mapped[str | None] = mapped_column(String(255))
+    label_column: Mapped[str | None] = mapped_column(String(255))
+    label_counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A training run. `checkpoint` holds the latest trainer checkpoint (a few KB for subspace
+    methods) so any worker can resume it after a crash."""
+
+    __tablename__ = "job"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default="train")
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(10))
+    dim: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    train_dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset.id"))
+    eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("dataset.id"))
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)
+    task_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobEvent(Base):
+    __tablename__ = "job_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(20))  # status | progress | metrics | message
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Task(Base):
+    """A trained task: (model, seed, θ_d, λ) plus what is needed to use and verify it.
+    `job_id` is unique, so a job redelivered after a crash cannot store a second task."""
+
+    __tablename__ = "task"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("task"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("job.id"), unique=True)
+    model: Mapped[str] = mapped_column(String(255))
+    base_digest: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(10))
+    dim: Mapped[int] = mapped_column(Integer)
+    num_parameters: Mapped[int] = mapped_column(Integer)
+    theta: Mapped[bytes] = mapped_column(LargeBinary)
+    lam: Mapped[bytes | None] = mapped_column(LargeBinary)
+    dtype: Mapped[str] = mapped_column(String(10))
+    label_names: Mapped[list] = mapped_column(JSON)
+    text_column: Mapped[str] = mapped_column(String(255))
+    text_pair_column: Mapped[str | None] = mapped_column(String(255))
+    max_length: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
