@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="print a task file's metadata as JSON")
     i.add_argument("task")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    k = sub.add_parser("keys", help="manage API keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create an API key for a tenant (made if new)")
+    kc.add_argument("--tenant", required=True)
     return parser
 
 
@@ -88,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.engine.errors import EngineError
 
     try:
-        return {"train": _train, "predict": _predict, "inspect": _inspect}[args.command](args)
+        commands = {
+            "train": _train,
+            "predict": _predict,
+            "inspect": _inspect,
+            "migrate": _migrate,
+            "keys": _keys,
+        }
+        return commands[args.command](args)
     except EngineError as exc:
         print(f"kilotask: error: {exc}", file=sys.stderr)
         return 2
@@ -168,6 +181,31 @@ def _inspect(args: argparse.Namespace) -> int:
     meta = task.describe()
     meta.update(bytes=file_size(args.task))
     print(json.dumps(meta, indent=2))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from app.config import get_settings
+    from app.db.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    print(json.dumps({"database": settings.database_url.split("@")[-1], "schema": "head"}))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from app.auth import create_key
+    from app.config import get_settings
+    from app.db.session import session_factory
+
+    name = args.tenant.strip()
+    if not name or len(name) > 100:
+        print("kilotask: error: --tenant must be 1 to 100 characters", file=sys.stderr)
+        return 2
+    with session_factory(get_settings())() as session:
+        tenant, key = create_key(session, name)
+    print(json.dumps({"tenant": tenant.name, "tenant_id": tenant.id, "api_key": key}))
     return 0
 
 

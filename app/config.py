@@ -32,7 +32,7 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'kilotask.db'}"
         if self.database_url.startswith("postgresql://"):
-            self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://"):]
+            self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
         if not self.broker_url:
             self.broker_url = "filesystem://"
         if self.visibility_timeout_s <= self.longest_job_s:

@@ -1,0 +1,65 @@
+"""Upload and read datasets. The file is stored in the database (not a path), so a worker on
+another machine can read it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.datasets import inspect_upload
+from app.db.models import Dataset
+from app.db.repo import get_dataset
+from app.engine.data import ColumnSpec
+from app.errors import PayloadTooLargeError
+from app.schemas.datasets import DatasetPublic
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+async def _read_limited(file: UploadFile, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await file.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"upload is over the {limit / 2**20:.0f} MB limit (KILOTASK_MAX_UPLOAD_MB)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("", status_code=201, response_model=DatasetPublic)
+async def upload_dataset(
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    file: Annotated[UploadFile, File(description="CSV, TSV or JSONL with a header row")],
+    text_column: Annotated[str | None, Form()] = None,
+    text_pair_column: Annotated[str | None, Form()] = None,
+    label_column: Annotated[str | None, Form()] = None,
+) -> Dataset:
+    content = await _read_limited(file, int(settings.max_upload_mb * 2**20))
+    columns = ColumnSpec(text_column, text_pair_column, label_column)
+    summary = inspect_upload(content, file.filename or "", columns, settings.max_rows)
+    row = Dataset(
+        tenant_id=tenant_id,
+        filename=file.filename,
+        content=content,
+        sha256=summary.sha256,
+        rows=summary.rows,
+        columns=summary.columns,
+        text_column=summary.resolved.text,
+        text_pair_column=summary.resolved.text_pair,
+        label_column=summary.resolved.label,
+        label_counts=summary.label_counts,
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def read_dataset(session: SessionDep, tenant_id: TenantDep, dataset_id: str) -> Dataset:
+    return get_dataset(session, tenant_id, dataset_id)

@@ -1,0 +1,25 @@
+"""Query and persistence functions taking a Session; tenant-scoped lookups raise NotFoundError
+for other tenants' rows, so a tenant cannot even learn that they exist."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from app.db.base import Base
+from app.db.models import Dataset
+from app.errors import NotFoundError
+
+RowT = TypeVar("RowT", bound=Base)
+
+
+def get_owned(session: Session, model: type[RowT], tenant_id: str, row_id: str, what: str) -> RowT:
+    row = session.get(model, row_id)
+    if row is None or getattr(row, "tenant_id", None) != tenant_id:
+        raise NotFoundError(f"{what} '{row_id}' not found", code=f"{what}_not_found")
+    return row
+
+
+def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
+    return get_owned(session, Dataset, tenant_id, dataset_id, "dataset")

@@ -1,0 +1,44 @@
+"""Service-level errors. Repository functions and dependencies raise these; app/api/errors.py
+is the only place that turns them (and engine errors) into HTTP statuses."""
+
+
+class KilotaskError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class NotFoundError(KilotaskError):
+    code = "not_found"
+
+
+class ConflictError(KilotaskError):
+    code = "conflict"
+
+
+class InvalidStateError(KilotaskError):
+    code = "invalid_state"
+
+
+class IdempotencyMismatchError(KilotaskError):
+    code = "idempotency_key_reused"
+
+
+class UnauthorizedError(KilotaskError):
+    code = "unauthorized"
+
+
+class PayloadTooLargeError(KilotaskError):
+    code = "payload_too_large"
+
+
+class InvalidInputError(KilotaskError):
+    code = "invalid_input"
+
+
+class ServiceBusyError(KilotaskError):
+    code = "service_busy"

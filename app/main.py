@@ -1,0 +1,26 @@
+"""create_app(): routers, error handlers. `uvicorn app.main:app` serves it."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api import errors
+from app.api.routes import datasets, health, models
+from app.config import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="kilotask",
+        version="0.1.0",
+        description="Sub-kilobyte fine-tuned tasks: train, store, exchange and serve them.",
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    errors.install(app)
+    for module in (health, models, datasets):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()
