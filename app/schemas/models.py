@@ -4,6 +4,7 @@ from pydantic import BaseModel
 class ModelPublic(BaseModel):
     id: str
     num_parameters: int  # D with a 2-class head (a k-class head adds (k - 2)·(hidden + 1))
+    num_tensors: int  # m: how many of SAID's d are per-tensor scales
     base_digest: str
 
 

@@ -19,7 +19,12 @@ def model_info(model_id: str) -> ModelPublic:
     from app.engine.base import load_base  # torch only when a model is actually inspected
 
     base = load_base(model_id, num_labels=2, seed=0)
-    return ModelPublic(id=model_id, num_parameters=base.num_parameters, base_digest=base.digest)
+    return ModelPublic(
+        id=model_id,
+        num_parameters=base.num_parameters,
+        num_tensors=len(list(base.model.parameters())),
+        base_digest=base.digest,
+    )
 
 
 @router.get("", response_model=ModelsPublic)

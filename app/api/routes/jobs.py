@@ -1,0 +1,112 @@
+"""Training jobs: create (idempotent), list, read, events, cancel. Queued by task name."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.routes.models import model_info
+from app.db.models import Job, JobEvent
+from app.db.repo import get_owned
+from app.errors import InvalidInputError, ServiceBusyError
+from app.jobs import cancel_job, create_job, find_idempotent, page, request_hash
+from app.queue import enqueue_train
+from app.schemas.jobs import JobCreate, JobEventPublic, JobEventsPage, JobPublic, JobsPage
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+async def _check_dim(body: JobCreate, model: str) -> int:
+    info = await run_in_threadpool(model_info, model)
+    if body.method == "full":
+        return info.num_parameters
+    low = info.num_tensors + 1 if body.method == "said" else 1
+    if not low <= body.dim <= info.num_parameters:
+        raise InvalidInputError(
+            f"dim must be in [{low}, {info.num_parameters}] for {body.method} on '{model}', "
+            f"got {body.dim}",
+            code="invalid_dim",
+        )
+    return body.dim
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+async def submit_job(
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    digest = request_hash(body.model_dump(mode="json"))
+    existing = find_idempotent(session, tenant_id, idempotency_key, digest)
+    if existing is not None:
+        return JSONResponse(JobPublic.of(existing).model_dump(mode="json"), 202)
+    model = body.model or settings.default_model
+    dim = await _check_dim(body, model)
+    fields = dict(
+        model=model,
+        method=body.method,
+        dim=dim,
+        seed=body.seed,
+        train_dataset_id=body.train_dataset,
+        eval_dataset_id=body.eval_dataset,
+        hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
+    )
+    job = create_job(session, tenant_id, fields, idempotency_key, digest)
+    try:
+        enqueue_train(settings, job.id)
+    except Exception as exc:  # broker down: the job must not sit queued forever
+        job.status, job.error_code = "failed", "broker_unavailable"
+        job.error_message = f"could not queue the job: {type(exc).__name__}"
+        session.commit()
+        raise ServiceBusyError("the job queue is unreachable; try again shortly") from exc
+    return JSONResponse(JobPublic.of(job).model_dump(mode="json"), 202)
+
+
+@router.get("", response_model=JobsPage)
+def list_jobs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: str | None = None,
+) -> JobsPage:
+    stmt = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc())
+    if status:
+        stmt = stmt.where(Job.status == status)
+    rows, total = page(session, stmt, limit, offset)
+    return JobsPage(data=[JobPublic.of(j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(session: SessionDep, tenant_id: TenantDep, job_id: str) -> JobPublic:
+    return JobPublic.of(get_owned(session, Job, tenant_id, job_id, "job"))
+
+
+@router.get("/{job_id}/events", response_model=JobEventsPage)
+def job_events(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    job_id: str,
+    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> JobEventsPage:
+    get_owned(session, Job, tenant_id, job_id, "job")
+    rows = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    return JobEventsPage(data=[JobEventPublic.model_validate(r) for r in rows])
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel(session: SessionDep, tenant_id: TenantDep, job_id: str) -> JobPublic:
+    return JobPublic.of(cancel_job(session, tenant_id, job_id))

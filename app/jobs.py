@@ -1,0 +1,67 @@
+"""Job lifecycle shared by the API and the workers: create (idempotently), cancel, events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, JobEvent, utcnow
+from app.db.repo import get_dataset, get_owned
+from app.errors import IdempotencyMismatchError, InvalidStateError
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def request_hash(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def add_event(session: Session, job_id: str, type_: str, **data) -> None:
+    session.add(JobEvent(job_id=job_id, type=type_, data=data))
+
+
+def find_idempotent(session: Session, tenant_id: str, key: str | None, digest: str) -> Job | None:
+    """The job created earlier with this key, if any; another body with the same key is 422."""
+    if not key:
+        return None
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != digest:
+        raise IdempotencyMismatchError(
+            f"Idempotency-Key '{key}' was already used with a different request body; "
+            "use a new key for a new job"
+        )
+    return job
+
+
+def create_job(session: Session, tenant_id: str, fields: dict, key: str | None, digest: str) -> Job:
+    get_dataset(session, tenant_id, fields["train_dataset_id"])
+    if fields.get("eval_dataset_id"):
+        get_dataset(session, tenant_id, fields["eval_dataset_id"])
+    job = Job(tenant_id=tenant_id, idempotency_key=key, request_hash=digest, **fields)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "status", status="queued")
+    session.commit()
+    return job
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = get_owned(session, Job, tenant_id, job_id, "job")
+    if job.status in FINISHED:
+        raise InvalidStateError(f"job {job_id} has already {job.status}; nothing to cancel")
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+        add_event(session, job.id, "status", status="cancelled")
+    else:
+        job.cancel_requested = True  # the worker stops at its next step and marks it cancelled
+        add_event(session, job.id, "message", message="cancel requested")
+    session.commit()
+    return job
+
+
+def page(session: Session, stmt, limit: int, offset: int) -> tuple[list, int]:
+    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    return list(session.scalars(stmt.limit(limit).offset(offset))), int(total or 0)

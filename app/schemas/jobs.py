@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import UtcDatetime
+
+MAX_SEED = 2**32 - 1
+
+
+class Hyperparameters(BaseModel):
+    """Training settings; unset ones take the engine's defaults (subspace lr 0.2, full 3e-5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(None, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    learning_rate: float | None = Field(None, gt=0, le=10)
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_length: int = Field(128, ge=8, le=4096)
+    eval_every: int | None = Field(None, ge=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    data_seed: int = Field(0, ge=0, le=MAX_SEED)
+    storage_dtype: Literal["float32", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Hyperparameters:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("give either epochs or max_steps, not both")
+        return self
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="base model id; default: the server's")
+    train_dataset: str
+    eval_dataset: str | None = None
+    method: Literal["said", "did", "full"]
+    dim: int = Field(1000, ge=1, description="subspace dimension d (SAID counts its λs)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+
+class Progress(BaseModel):
+    step: int
+    total: int | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model: str
+    method: str
+    dim: int
+    seed: int
+    train_dataset: str
+    eval_dataset: str | None
+    hyperparameters: dict
+    progress: Progress
+    metrics: dict
+    error: JobError | None
+    task_id: str | None
+    attempts: int
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+    @classmethod
+    def of(cls, job) -> JobPublic:
+        return cls(
+            id=job.id,
+            status=job.status,
+            model=job.model,
+            method=job.method,
+            dim=job.dim,
+            seed=job.seed,
+            train_dataset=job.train_dataset_id,
+            eval_dataset=job.eval_dataset_id,
+            hyperparameters=job.hyperparameters,
+            progress=Progress(step=job.step, total=job.total_steps),
+            metrics=job.metrics or {},
+            error=JobError(code=job.error_code, message=job.error_message or "")
+            if job.error_code
+            else None,
+            task_id=job.task_id,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class JobsPage(BaseModel):
+    data: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    type: str
+    data: dict
+    created_at: UtcDatetime
+
+
+class JobEventsPage(BaseModel):
+    data: list[JobEventPublic]

@@ -1,0 +1,33 @@
+from pydantic import BaseModel, ConfigDict
+
+from app.schemas.common import UtcDatetime
+
+
+class TaskPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str | None
+    model: str
+    base_digest: str
+    spec: str
+    seed: int
+    method: str
+    dim: int
+    num_parameters: int
+    dtype: str
+    label_names: list[str]
+    text_column: str
+    text_pair_column: str | None
+    max_length: int
+    metrics: dict
+    digest: str
+    bytes: int
+    created_at: UtcDatetime
+
+
+class TasksPage(BaseModel):
+    data: list[TaskPublic]
+    total: int
+    limit: int
+    offset: int

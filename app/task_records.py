@@ -1,0 +1,66 @@
+"""Task rows <-> engine TaskArtifacts. A row stores exactly the numbers of the task file
+(θ_{d-m} and λ in their storage dtype), so a download is byte-for-byte rebuildable."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from app.db.models import Task
+from app.engine.artifact import STORAGE_DTYPES, TaskArtifact
+
+_NUMPY = {"float32": np.float32, "float16": np.float16}
+
+
+def _to_bytes(t: torch.Tensor | None, dtype: str) -> bytes | None:
+    return None if t is None else t.to(STORAGE_DTYPES[dtype]).numpy().tobytes()
+
+
+def _from_bytes(data: bytes | None, dtype: str) -> torch.Tensor | None:
+    if data is None:
+        return None
+    return torch.from_numpy(np.frombuffer(data, dtype=_NUMPY[dtype]).astype(np.float32))
+
+
+def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> Task:
+    return Task(
+        tenant_id=tenant_id,
+        job_id=job_id,
+        model=art.model,
+        base_digest=art.base_digest,
+        spec=art.spec,
+        seed=art.seed,
+        method=art.method,
+        dim=art.dim,
+        num_parameters=art.D,
+        theta=_to_bytes(art.theta, art.dtype),
+        lam=_to_bytes(art.lam, art.dtype),
+        dtype=art.dtype,
+        label_names=list(art.labels),
+        text_column=art.text_column,
+        text_pair_column=art.text_pair_column,
+        max_length=art.max_length,
+        metrics=dict(art.metrics),
+        digest=art.digest,
+        bytes=len(art.to_bytes()),
+    )
+
+
+def artifact_from_row(row: Task) -> TaskArtifact:
+    return TaskArtifact(
+        model=row.model,
+        base_digest=row.base_digest,
+        seed=row.seed,
+        method=row.method,
+        dim=row.dim,
+        D=row.num_parameters,
+        labels=list(row.label_names),
+        text_column=row.text_column,
+        text_pair_column=row.text_pair_column,
+        max_length=row.max_length,
+        theta=_from_bytes(row.theta, row.dtype),
+        lam=_from_bytes(row.lam, row.dtype),
+        metrics=dict(row.metrics),
+        dtype=row.dtype,
+        spec=row.spec,
+    )

@@ -1,0 +1,224 @@
+"""The whole path through a real Celery worker process, real Redis and the test database:
+upload, submit, watch, download, import as another tenant, predict; kill -9 and resume; cancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db.models import Task
+from app.db.session import session_factory
+from app.engine.artifact import TaskArtifact
+from app.engine.data import read_table
+from app.engine.pipeline import predict_task
+from app.main import create_app
+from app.task_records import artifact_from_row
+from tests.factories import sentiment_rows, write_tsv
+from tests.integration.conftest import new_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REDIS_URL = os.environ.get("KILOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def stack(db_url, tmp_path):
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_URL} ({exc}); the queue tests need it "
+            "(set KILOTASK_TEST_REDIS_URL)",
+            pytrace=False,
+        )
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=db_url,
+        broker_url=REDIS_URL,
+        checkpoint_every=5,
+        longest_job_s=3,
+        visibility_timeout_s=6,
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        KILOTASK_DATA_DIR=str(tmp_path),
+        KILOTASK_DATABASE_URL=db_url,
+        KILOTASK_BROKER_URL=REDIS_URL,
+        KILOTASK_CHECKPOINT_EVERY="5",
+        KILOTASK_LONGEST_JOB_S="3",
+        KILOTASK_VISIBILITY_TIMEOUT_S="6",
+    )
+    workers: list[subprocess.Popen] = []
+    log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 (closed after the workers stop)
+
+    def start_worker() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "gpu",
+                "-P",
+                "solo",
+                "--loglevel=WARNING",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        workers.append(proc)
+        return proc
+
+    yield settings, TestClient(create_app(settings)), start_worker
+    for proc in workers:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
+def upload(client, auth, folder: Path, rows: int) -> str:
+    path = write_tsv(folder / "train.tsv", sentiment_rows(rows, seed=0))
+    with open(path, "rb") as f:
+        r = client.post(
+            "/v1/datasets", files={"file": ("train.tsv", f, "text/plain")}, headers=auth
+        )
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def submit(client, auth, model: str, ds: str, key: str, **hp) -> dict:
+    body = {
+        "model": model,
+        "train_dataset": ds,
+        "eval_dataset": ds,
+        "method": "said",
+        "dim": 150,
+        "seed": 3,
+        "hyperparameters": {"batch_size": 16, "max_length": 16, **hp},
+    }
+    r = client.post("/v1/jobs", json=body, headers={**auth, "Idempotency-Key": key})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def wait_for(client, auth, job_id: str, until, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        if until(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job did not get there in {timeout}s: {job}")
+
+
+def test_submit_train_download_import_and_predict(stack, tiny_bert, tmp_path):
+    settings, client, start_worker = stack
+    auth = new_key(settings)
+    ds = upload(client, auth, tmp_path, 64)
+    start_worker()
+    job = submit(
+        client, auth, str(tiny_bert), ds, "job-1", max_steps=12, eval_every=6, learning_rate=0.3
+    )
+    assert job["status"] == "queued"
+    again = submit(
+        client, auth, str(tiny_bert), ds, "job-1", max_steps=12, eval_every=6, learning_rate=0.3
+    )
+    assert again["id"] == job["id"]  # same key, same body: the same job
+
+    done = wait_for(client, auth, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == {"step": 12, "total": 12} and done["task_id"]
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["data"]
+    kinds = {e["type"] for e in events}
+    assert {"status", "progress", "metrics"} <= kinds
+
+    r = client.get(f"/v1/tasks/{done['task_id']}/vector", headers=auth)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    downloaded = TaskArtifact.from_bytes(r.content)
+    assert r.headers["etag"] == f'"{downloaded.digest}"'
+    assert (
+        client.get(
+            f"/v1/tasks/{done['task_id']}/vector",
+            headers={**auth, "If-None-Match": r.headers["etag"]},
+        ).status_code
+        == 304
+    )
+
+    other = new_key(settings)
+    assert client.get(f"/v1/tasks/{done['task_id']}", headers=other).status_code == 404
+    imported = client.post("/v1/tasks", files={"file": ("t.safetensors", r.content)}, headers=other)
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["digest"] == downloaded.digest
+
+    data = read_table(tmp_path / "train.tsv")
+    from_file = predict_task(downloaded, data)
+    with session_factory(settings)() as session:
+        stored = artifact_from_row(session.get(Task, done["task_id"]))
+    from_db = predict_task(stored, data)
+    assert from_file.labels == from_db.labels and from_file.scores == from_db.scores
+    assert from_file.metrics["accuracy"] == done["metrics"]["eval_accuracy"]
+
+
+def test_killed_worker_job_resumes_from_checkpoint_and_stores_one_task(stack, tiny_bert, tmp_path):
+    settings, client, start_worker = stack
+    auth = new_key(settings)
+    ds = upload(client, auth, tmp_path, 256)
+    first = start_worker()
+    job = submit(
+        client, auth, str(tiny_bert), ds, "long", max_steps=1500, eval_every=500, learning_rate=0.3
+    )
+    wait_for(client, auth, job["id"], lambda j: j["progress"]["step"] >= 40, timeout=120)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    at_kill = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+    assert at_kill["status"] == "running"
+
+    start_worker()
+    done = wait_for(
+        client, auth, job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=300
+    )
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    events = client.get(f"/v1/jobs/{job['id']}/events?limit=1000", headers=auth).json()["data"]
+    resumed = [e["data"] for e in events if e["data"].get("attempt") == 2]
+    assert resumed and resumed[0]["resumed_from_step"] >= 5
+    with session_factory(settings)() as session:
+        count = session.scalar(select(func.count()).where(Task.job_id == job["id"]))
+    assert count == 1
+
+
+def test_cancel_stops_a_running_job(stack, tiny_bert, tmp_path):
+    settings, client, start_worker = stack
+    auth = new_key(settings)
+    ds = upload(client, auth, tmp_path, 128)
+    start_worker()
+    job = submit(client, auth, str(tiny_bert), ds, "cancel-me", max_steps=100_000)
+    wait_for(client, auth, job["id"], lambda j: j["status"] == "running", timeout=120)
+    asked = time.monotonic()
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert r.status_code == 200
+    done = wait_for(client, auth, job["id"], lambda j: j["status"] == "cancelled", timeout=30)
+    assert time.monotonic() - asked < 10
+    assert done["task_id"] is None
+    again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert again.status_code == 409

@@ -1,0 +1,1 @@
+"""Celery workers: thin task adapters over app/engine. Only the worker process imports this."""
