@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.config import Settings
+from app.db.migrate import upgrade
 from app.db.models import Task
 from app.db.session import session_factory
 from app.engine.artifact import TaskArtifact
@@ -31,8 +32,23 @@ REDIS_URL = os.environ.get("KILOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def e2e_db_url(tmp_path_factory) -> str:
+    """PostgreSQL when it is among the test backends (CI), else the embedded SQLite: the
+    end-to-end path is slow, so it runs once, on the most production-like database."""
+    from tests.integration.conftest import BACKENDS, POSTGRES_URL
+
+    if "postgres" in BACKENDS:
+        url = POSTGRES_URL  # tenants are fresh per test, so rows of other tests do not matter
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'kilotask.db'}"
+    upgrade(url)
+    return url
+
+
 @pytest.fixture()
-def stack(db_url, tmp_path):
+def stack(e2e_db_url, tmp_path):
+    db_url = e2e_db_url
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=2).flushdb()
     except redis.RedisError as exc:
@@ -185,7 +201,7 @@ def test_killed_worker_job_resumes_from_checkpoint_and_stores_one_task(stack, ti
     ds = upload(client, auth, tmp_path, 256)
     first = start_worker()
     job = submit(
-        client, auth, str(tiny_bert), ds, "long", max_steps=1500, eval_every=500, learning_rate=0.3
+        client, auth, str(tiny_bert), ds, "long", max_steps=800, eval_every=400, learning_rate=0.3
     )
     wait_for(client, auth, job["id"], lambda j: j["progress"]["step"] >= 40, timeout=120)
     os.kill(first.pid, signal.SIGKILL)
