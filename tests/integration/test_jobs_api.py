@@ -1,0 +1,165 @@
+"""Job and task routes without a worker: validation, idempotency, tenancy, imports."""
+
+import pytest
+import torch
+
+from app.engine.artifact import TaskArtifact
+from app.engine.base import load_base
+from tests.factories import sentiment_rows
+from tests.integration.conftest import new_key
+from tests.integration.test_api_basics import tsv
+
+
+@pytest.fixture()
+def dataset(client, auth) -> str:
+    files = {"file": ("d.tsv", tsv(sentiment_rows(20)), "text/plain")}
+    return client.post("/v1/datasets", files=files, headers=auth).json()["id"]
+
+
+def body(model, ds, **kw):
+    return {"model": str(model), "train_dataset": ds, "method": "said", "dim": 100, **kw}
+
+
+def test_queued_job_has_the_contract_shape(client, auth, dataset, tiny_bert):
+    r = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=auth)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["progress"] == {"step": 0, "total": None}
+    assert job["error"] is None and job["task_id"] is None
+    listed = client.get("/v1/jobs?limit=5", headers=auth).json()
+    assert listed["total"] >= 1 and listed["data"][0]["id"] == job["id"]
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["data"]
+    assert events[0]["type"] == "status" and events[0]["data"] == {"status": "queued"}
+
+
+def test_idempotency_key_same_body_same_job_other_body_422(
+    client, settings, auth, dataset, tiny_bert
+):
+    h = {**auth, "Idempotency-Key": "abc"}
+    a = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=h).json()
+    b = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=h).json()
+    assert a["id"] == b["id"]
+    c = client.post("/v1/jobs", json=body(tiny_bert, dataset, dim=101), headers=h)
+    assert c.status_code == 422 and c.json()["error"]["code"] == "idempotency_key_reused"
+    other = new_key(settings)
+    d = client.post(
+        "/v1/jobs", json=body(tiny_bert, dataset), headers={**other, "Idempotency-Key": "abc"}
+    )
+    assert d.status_code == 404  # the key is per tenant, and the dataset is not theirs
+
+
+@pytest.mark.parametrize(
+    "change,status,fragment",
+    [
+        ({"dim": 10}, 422, "dim must be in"),
+        ({"dim": 10**9}, 422, "dim must be in"),
+        ({"method": "lora"}, 422, "method"),
+        ({"model": "no-such-model"}, 422, "no-such-model"),
+        ({"train_dataset": "ds_missing"}, 404, "ds_missing"),
+        ({"hyperparameters": {"epochs": 1, "max_steps": 5}}, 422, "not both"),
+        ({"hyperparameters": {"learning_rate": -1}}, 422, "learning_rate"),
+        ({"hyperparameters": {"batch": 3}}, 422, "batch"),
+        ({"seed": -5}, 422, "seed"),
+    ],
+)
+def test_bad_job_requests_are_4xx_and_store_nothing(
+    client, auth, dataset, tiny_bert, change, status, fragment
+):
+    before = client.get("/v1/jobs", headers=auth).json()["total"]
+    r = client.post("/v1/jobs", json={**body(tiny_bert, dataset), **change}, headers=auth)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]["message"]
+    assert client.get("/v1/jobs", headers=auth).json()["total"] == before
+
+
+def test_cancel_queued_job_and_tenancy(client, settings, auth, dataset, tiny_bert):
+    job = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=auth).json()
+    other = new_key(settings)
+    assert client.get(f"/v1/jobs/{job['id']}", headers=other).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=other).status_code == 404
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).status_code == 409
+
+
+def make_task_bytes(tiny_bert, **overrides) -> bytes:
+    base = load_base(str(tiny_bert), 2, 0)
+    m = len(list(base.model.parameters()))
+    fields = dict(
+        model=str(tiny_bert),
+        base_digest=base.digest,
+        seed=0,
+        method="said",
+        dim=100,
+        D=base.num_parameters,
+        labels=["0", "1"],
+        text_column="sentence",
+        text_pair_column=None,
+        max_length=16,
+        theta=torch.randn(100 - m),
+        lam=torch.ones(m),
+    )
+    fields.update(overrides)
+    return TaskArtifact(**fields).to_bytes()
+
+
+def test_import_list_read_delete(client, settings, auth, tiny_bert):
+    data = make_task_bytes(tiny_bert)
+    r = client.post("/v1/tasks", files={"file": ("t.safetensors", data)}, headers=auth)
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["bytes"] == len(data) and task["dim"] == 100 and task["job_id"] is None
+    again = client.post("/v1/tasks", files={"file": ("t.safetensors", data)}, headers=auth)
+    assert again.status_code == 200 and again.json()["id"] == task["id"]
+    assert client.get("/v1/tasks", headers=auth).json()["total"] == 1
+    other = new_key(settings)
+    assert client.get(f"/v1/tasks/{task['id']}/vector", headers=other).status_code == 404
+    assert client.delete(f"/v1/tasks/{task['id']}", headers=other).status_code == 404
+    assert client.delete(f"/v1/tasks/{task['id']}", headers=auth).status_code == 204
+    assert client.get(f"/v1/tasks/{task['id']}", headers=auth).status_code == 404
+
+
+def test_bad_imports_are_refused_and_store_nothing(client, auth, tiny_bert, tmp_path):
+    from tests.factories import make_tiny_bert
+
+    cases = [
+        (b"not a task file at all", 400, "not a kilotask task file"),
+        (make_task_bytes(tiny_bert, base_digest="0" * 64), 422, "digest"),
+        (make_task_bytes(tiny_bert, model="no-such-model"), 422, "no-such-model"),
+    ]
+    cases.append((nan_task_bytes(tiny_bert), 400, "finite"))
+    other_base = make_tiny_bert(tmp_path / "other", seed=5)
+    cases.append(
+        (
+            make_task_bytes(
+                other_base,
+                model=str(tiny_bert),
+                base_digest=load_base(str(other_base), 2, 0).digest,
+            ),
+            422,
+            "digest",
+        )
+    )
+    for data, status, fragment in cases:
+        r = client.post("/v1/tasks", files={"file": ("t.safetensors", data)}, headers=auth)
+        assert r.status_code == status, (r.status_code, r.text)
+        assert fragment in r.json()["error"]["message"]
+    assert client.get("/v1/tasks", headers=auth).json()["total"] == 0
+
+
+def nan_task_bytes(tiny_bert) -> bytes:
+    """A well-formed file with a valid content digest whose vector holds a NaN."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from app.engine.artifact import _canonical_json, _flatten
+
+    valid = TaskArtifact.from_bytes(make_task_bytes(tiny_bert))
+    meta = valid._metadata()
+    theta_d = torch.cat([valid.theta, valid.lam])
+    theta_d[0] = float("nan")
+    h = hashlib.sha256(_canonical_json(meta).encode())
+    h.update(b"theta_d")
+    h.update(theta_d.numpy().tobytes())
+    return save({"theta_d": theta_d}, metadata=_flatten({**meta, "digest": h.hexdigest()}))
