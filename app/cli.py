@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("task")
 
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    s = sub.add_parser("serve", help="run the API (and, on embedded defaults, a worker)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--no-worker", action="store_true", help="do not start a local worker")
+    w = sub.add_parser("worker", help="run a Celery worker on the gpu queue (one per GPU)")
+    w.add_argument("--loglevel", default="INFO")
     k = sub.add_parser("keys", help="manage API keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create an API key for a tenant (made if new)")
@@ -100,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "inspect": _inspect,
             "migrate": _migrate,
             "keys": _keys,
+            "serve": _serve,
+            "worker": _worker,
         }
         return commands[args.command](args)
     except EngineError as exc:
@@ -191,6 +199,58 @@ def _migrate(args: argparse.Namespace) -> int:
     settings = get_settings()
     upgrade(settings.database_url)
     print(json.dumps({"database": settings.database_url.split("@")[-1], "schema": "head"}))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import app
+
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            "gpu",
+            "-P",
+            "solo",
+            f"--loglevel={args.loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Migrate, make a first API key if there is none, start a local worker process (the
+    embedded broker is a folder, so API and worker share it), then serve until interrupted."""
+    import subprocess
+
+    import uvicorn
+
+    from app.auth import create_key
+    from app.config import get_settings
+    from app.db.migrate import upgrade
+    from app.db.models import ApiKey
+    from app.db.session import session_factory
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    with session_factory(settings)() as session:
+        if session.query(ApiKey).count() == 0:
+            _, key = create_key(session, "local")
+            (settings.data_dir / "api_key").write_text(key + "\n")
+            print(f"kilotask: created an API key for tenant 'local': {key}", file=sys.stderr)
+            print(f"kilotask: (also saved in {settings.data_dir / 'api_key'})", file=sys.stderr)
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel=WARNING"])
+    try:
+        uvicorn.run("app.main:app", host=args.host, port=args.port)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
     return 0
 
 

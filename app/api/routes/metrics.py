@@ -1,0 +1,62 @@
+"""Prometheus metrics: jobs by state and queue depth (read at scrape time), request latency."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db.models import Job
+from app.db.session import session_factory
+from app.queue import queue_depth
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class _StateCollector:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self):
+        jobs = GaugeMetricFamily("kilotask_jobs", "Jobs by state", labels=["state"])
+        with session_factory(self.settings)() as session:
+            counts = dict(
+                session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            )
+        for state in STATES:
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+        depth = queue_depth(self.settings)
+        if depth is not None:
+            yield GaugeMetricFamily(
+                "kilotask_queue_depth", "Messages waiting in the gpu queue", value=depth
+            )
+
+
+def install(app, settings: Settings) -> None:
+    registry = CollectorRegistry()
+    registry.register(_StateCollector(settings))
+    latency = Histogram(
+        "kilotask_request_seconds",
+        "HTTP request latency",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+
+    @app.middleware("http")
+    async def _timed(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        latency.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
