@@ -163,3 +163,13 @@ def nan_task_bytes(tiny_bert) -> bytes:
     h.update(b"theta_d")
     h.update(theta_d.numpy().tobytes())
     return save({"theta_d": theta_d}, metadata=_flatten({**meta, "digest": h.hexdigest()}))
+
+
+def test_metrics_show_jobs_by_state_and_request_latency(client, auth, dataset, tiny_bert):
+    client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=auth)
+    text = client.get("/metrics").text
+    queued = [
+        line for line in text.splitlines() if line.startswith('kilotask_jobs{state="queued"}')
+    ]
+    assert queued and float(queued[0].split()[-1]) >= 1
+    assert 'kilotask_request_seconds_count{method="POST",route="/v1/jobs",status="202"}' in text
