@@ -42,7 +42,7 @@ def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> 
         max_length=art.max_length,
         metrics=dict(art.metrics),
         digest=art.digest,
-        bytes=len(art.to_bytes()),
+        size_bytes=len(art.to_bytes()),
     )
 
 

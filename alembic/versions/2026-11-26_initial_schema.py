@@ -145,7 +145,7 @@ def upgrade() -> None:
         sa.Column("dim", sa.Integer(), nullable=False),
         sa.Column("num_parameters", sa.Integer(), nullable=False),
         sa.Column("theta", sa.LargeBinary(), nullable=False),
-        sa.Column("lam", sa.LargeBinary(), nullable=False),
+        sa.Column("lam", sa.LargeBinary(), nullable=True),
         sa.Column("dtype", sa.String(length=10), nullable=False),
         sa.Column("label_names", sa.JSON(), nullable=False),
         sa.Column("text_column", sa.String(length=255), nullable=False),
@@ -153,7 +153,7 @@ def upgrade() -> None:
         sa.Column("max_length", sa.Integer(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=False),
-        sa.Column("bytes", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["job.id"], name=op.f("fk_task_job_id_job")),
         sa.ForeignKeyConstraint(

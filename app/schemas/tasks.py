@@ -1,4 +1,4 @@
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.schemas.common import UtcDatetime
 
@@ -22,7 +22,7 @@ class TaskPublic(BaseModel):
     max_length: int
     metrics: dict
     digest: str
-    bytes: int
+    bytes: int = Field(validation_alias=AliasChoices("size_bytes", "bytes"))
     created_at: UtcDatetime
 
 

@@ -173,3 +173,11 @@ def test_metrics_show_jobs_by_state_and_request_latency(client, auth, dataset, t
     ]
     assert queued and float(queued[0].split()[-1]) >= 1
     assert 'kilotask_request_seconds_count{method="POST",route="/v1/jobs",status="202"}' in text
+
+
+def test_did_task_without_lambdas_round_trips(client, auth, tiny_bert):
+    data = make_task_bytes(tiny_bert, method="did", lam=None, theta=torch.randn(100))
+    r = client.post("/v1/tasks", files={"file": ("did.safetensors", data)}, headers=auth)
+    assert r.status_code == 201, r.text
+    back = client.get(f"/v1/tasks/{r.json()['id']}/vector", headers=auth).content
+    assert TaskArtifact.from_bytes(back).digest == TaskArtifact.from_bytes(data).digest
