@@ -220,6 +220,15 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """Linux: the local worker gets SIGTERM when `serve` exits, however it exits (uvicorn
+    re-raises the signal that stopped it, so a `finally` is not enough)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Migrate, make a first API key if there is none, start a local worker process (the
     embedded broker is a folder, so API and worker share it), then serve until interrupted."""
@@ -244,7 +253,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"kilotask: (also saved in {settings.data_dir / 'api_key'})", file=sys.stderr)
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel=WARNING"])
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel=WARNING"],
+            start_new_session=True,  # its shutdown signals stay in its own process group
+            preexec_fn=_die_with_parent,
+        )
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port)
     finally:
