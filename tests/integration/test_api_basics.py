@@ -91,3 +91,9 @@ def test_models_lists_minilm_with_its_size_and_digest(client, auth):
     assert r.status_code == 200
     (model,) = [m for m in r.json()["data"] if m["id"] == "minilm-l6"]
     assert model["num_parameters"] == 22_713_986 and len(model["base_digest"]) == 64
+
+
+def test_too_many_rows_is_refused(client, auth):
+    rows = tsv(sentiment_rows(5001))  # the test settings allow 5000
+    r = client.post("/v1/datasets", files={"file": ("big.tsv", rows, "text/plain")}, headers=auth)
+    assert r.status_code == 422 and "5000" in r.json()["error"]["message"]

@@ -245,3 +245,43 @@ def test_cancel_stops_a_running_job(stack, tiny_bert, tmp_path):
     assert done["task_id"] is None
     again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
     assert again.status_code == 409
+
+
+@pytest.mark.data
+def test_sst2_subset_on_minilm_end_to_end(stack, glue_dir, tmp_path):
+    """The issue's path on real data and the real base: SST-2 rows, MiniLM-L6, SAID."""
+    settings, client, start_worker = stack
+    auth, other = new_key(settings), new_key(settings)
+    ids = {}
+    for split, n in (("train", 96), ("dev", 48)):
+        lines = (glue_dir / "SST-2" / f"{split}.tsv").read_text().splitlines()[: n + 1]
+        r = client.post(
+            "/v1/datasets",
+            headers=auth,
+            files={"file": (f"{split}.tsv", "\n".join(lines) + "\n", "text/plain")},
+        )
+        assert r.status_code == 201, r.text
+        ids[split] = r.json()["id"]
+    start_worker()
+    body = {
+        "model": "minilm-l6",
+        "train_dataset": ids["train"],
+        "eval_dataset": ids["dev"],
+        "method": "said",
+        "dim": 1000,
+        "hyperparameters": {"max_steps": 4, "batch_size": 16, "max_length": 32},
+    }
+    job = client.post("/v1/jobs", json=body, headers=auth).json()
+    done = wait_for(
+        client, auth, job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=300
+    )
+    assert done["status"] == "succeeded", done
+    blob = client.get(f"/v1/tasks/{done['task_id']}/vector", headers=auth).content
+    assert (
+        client.post("/v1/tasks", files={"file": ("t.safetensors", blob)}, headers=other).status_code
+        == 201
+    )
+    dev = read_table(glue_dir / "SST-2" / "dev.tsv")
+    dev.texts, dev.labels = dev.texts[:48], dev.labels[:48]
+    pred = predict_task(TaskArtifact.from_bytes(blob), dev)
+    assert pred.metrics["accuracy"] == done["metrics"]["eval_accuracy"]
