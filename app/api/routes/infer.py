@@ -1,0 +1,96 @@
+"""Multi-task inference from one shared base: any mix of the tenant's tasks in one call."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.db.models import Task
+from app.db.repo import get_owned
+from app.errors import InvalidInputError
+from app.schemas.infer import InferInput, InferOutput, InferRequest, InferResponse
+from app.task_records import artifact_from_row
+
+router = APIRouter(tags=["inference"])
+
+
+def runtime(request: Request, settings):
+    state = request.app.state
+    if getattr(state, "serving", None) is None:
+        from app.serving.runtime import ServingRuntime  # torch only once inference is used
+
+        state.serving = ServingRuntime.create(
+            settings.serving_cache_mb, settings.serving_max_batch, settings.serving_max_wait_ms
+        )
+    return state.serving
+
+
+async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]) -> InferResponse:
+    tasks = {}
+    for item in inputs:
+        if item.task not in tasks:
+            tasks[item.task] = artifact_from_row(
+                get_owned(session, Task, tenant_id, item.task, "task")
+            )
+        art = tasks[item.task]
+        if bool(art.text_pair_column) != (item.text_pair is not None):
+            need = "needs" if art.text_pair_column else "takes no"
+            raise InvalidInputError(
+                f"task {item.task} {need} text_pair (it was trained on "
+                f"{art.text_column!r}, {art.text_pair_column!r})"
+            )
+    rt = runtime(request, settings)
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(inputs):
+        groups.setdefault(item.task, []).append(i)
+    results = await asyncio.gather(
+        *(
+            rt.batcher.submit(tasks[t], [(inputs[i].text, inputs[i].text_pair) for i in idx])
+            for t, idx in groups.items()
+        )
+    )
+    outputs: list[InferOutput | None] = [None] * len(inputs)
+    for (task_id, idx), probs in zip(groups.items(), results, strict=True):
+        labels = tasks[task_id].labels
+        for row, i in zip(probs.tolist(), idx, strict=True):
+            best = max(range(len(row)), key=row.__getitem__)
+            outputs[i] = InferOutput(
+                index=i,
+                task=task_id,
+                label=labels[best],
+                scores=dict(zip(labels, row, strict=True)),
+            )
+    return InferResponse(outputs=outputs)
+
+
+@router.post("/v1/infer", response_model=InferResponse)
+async def infer(
+    request: Request,
+    body: InferRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+) -> InferResponse:
+    return await _infer(request, session, settings, tenant_id, body.inputs)
+
+
+@router.get("/v1/tasks/{task_id}/predict", response_model=InferOutput)
+async def predict_one(
+    request: Request,
+    task_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    text: Annotated[str, Query(min_length=1)],
+    text_pair: str | None = None,
+) -> InferOutput:
+    item = InferInput(task=task_id, text=text, text_pair=text_pair)
+    return (await _infer(request, session, settings, tenant_id, [item])).outputs[0]
+
+
+@router.get("/v1/serving")
+def serving_state(request: Request, settings: SettingsDep, _: TenantDep) -> dict:
+    return runtime(request, settings).describe()

@@ -1,0 +1,106 @@
+"""Multi-task inference: one base, tasks rebuilt on first use, cached, batched, isolated."""
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.engine.artifact import TaskArtifact
+from app.engine.data import LabelledText
+from app.engine.pipeline import predict_task
+from app.main import create_app
+from tests.integration.conftest import new_key
+from tests.integration.test_jobs_api import make_task_bytes
+
+TEXTS = ["good great movie", "awful dull plot", "the film was so poor", "love it very nice"]
+
+
+@pytest.fixture()
+def tasks(client, auth, tiny_bert):
+    from app.engine.base import load_base
+
+    torch.manual_seed(0)
+    m = len(list(load_base(str(tiny_bert), 2, 0).model.parameters()))
+    blobs = [
+        make_task_bytes(tiny_bert, seed=1, theta=torch.randn(100 - m) * 20),
+        make_task_bytes(tiny_bert, seed=2, theta=torch.randn(100 - m) * 20, labels=["neg", "pos"]),
+        make_task_bytes(tiny_bert, method="did", lam=None, theta=torch.randn(100) * 20),
+    ]
+    ids = []
+    for blob in blobs:
+        r = client.post("/v1/tasks", files={"file": ("t.safetensors", blob)}, headers=auth)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    return ids, [TaskArtifact.from_bytes(b) for b in blobs]
+
+
+def reference(art: TaskArtifact, texts: list[str]) -> list[list[float]]:
+    data = LabelledText(texts, None, None, None, [])
+    return predict_task(art, data, batch_size=1).scores
+
+
+def test_mixed_request_matches_each_task_alone_and_predict(client, auth, tasks):
+    ids, arts = tasks
+    inputs = [{"task": ids[i % 3], "text": TEXTS[i % 4]} for i in range(12)]
+    r = client.post("/v1/infer", json={"inputs": inputs}, headers=auth)
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    assert [o["index"] for o in outputs] == list(range(12))
+    assert [o["task"] for o in outputs] == [x["task"] for x in inputs]
+    for i, out in enumerate(outputs):
+        art = arts[i % 3]
+        want = reference(art, [TEXTS[i % 4]])[0]
+        got = [out["scores"][label] for label in art.labels]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
+        assert out["label"] == art.labels[max(range(len(want)), key=want.__getitem__)]
+    again = client.post("/v1/infer", json={"inputs": inputs}, headers=auth).json()["outputs"]
+    for a, b in zip(outputs, again, strict=True):  # warm equals cold
+        assert a["label"] == b["label"]
+        for k in a["scores"]:
+            assert abs(a["scores"][k] - b["scores"][k]) < 1e-6
+    state = client.get("/v1/serving", headers=auth).json()
+    assert state["cache"]["misses"] == 3 and state["cache"]["hits"] >= 3
+
+
+def test_single_predict_route(client, auth, tasks):
+    ids, arts = tasks
+    r = client.get(f"/v1/tasks/{ids[1]}/predict", params={"text": TEXTS[0]}, headers=auth)
+    assert r.status_code == 200, r.text
+    want = reference(arts[1], [TEXTS[0]])[0]
+    assert abs(r.json()["scores"]["pos"] - want[1]) < 1e-5
+
+
+def test_other_tenants_cannot_use_a_task(client, settings, tasks):
+    ids, _ = tasks
+    other = new_key(settings)
+    r = client.post("/v1/infer", json={"inputs": [{"task": ids[0], "text": "x"}]}, headers=other)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "task_not_found"
+
+
+@pytest.mark.parametrize(
+    "inputs,fragment",
+    [
+        ([], "inputs"),
+        ([{"task": "X", "text": ""}], "text"),
+        ([{"task": "TASK0", "text": "hi", "text_pair": "there"}], "takes no text_pair"),
+    ],
+)
+def test_bad_requests(client, auth, tasks, inputs, fragment):
+    ids, _ = tasks
+    inputs = [
+        {**item, "task": ids[0] if item["task"] == "TASK0" else item["task"]} for item in inputs
+    ]
+    r = client.post("/v1/infer", json={"inputs": inputs}, headers=auth)
+    assert r.status_code == 422 and fragment in r.json()["error"]["message"]
+
+
+def test_cache_budget_evicts_least_recently_used(settings, auth, tasks):
+    ids, _ = tasks
+    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.1})))
+    for task_id in (ids[0], ids[1], ids[0]):
+        r = small.post(
+            "/v1/infer", json={"inputs": [{"task": task_id, "text": "nice"}]}, headers=auth
+        )
+        assert r.status_code == 200
+    cache = small.get("/v1/serving", headers=auth).json()["cache"]
+    assert cache["misses"] == 3 and cache["evictions"] == 2
+    assert len(cache["resident_tasks"]) == 1 and cache["resident_mb"] <= 0.1
