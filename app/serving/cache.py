@@ -110,6 +110,16 @@ class TaskCache:
     def contains(self, digest: str) -> bool:
         return digest in self._entries
 
+    def unpin(self, digest: str) -> bool:
+        """Let the task be evicted again; returns whether it was resident."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return False
+            entry.pinned = False
+            self._evict()
+            return True
+
 
 @torch.no_grad()
 def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str] | None):

@@ -104,3 +104,52 @@ def test_cache_budget_evicts_least_recently_used(settings, auth, tasks):
     cache = small.get("/v1/serving", headers=auth).json()["cache"]
     assert cache["misses"] == 3 and cache["evictions"] == 2
     assert len(cache["resident_tasks"]) == 1 and cache["resident_mb"] <= 0.1
+
+
+def test_pinned_task_stays_resident_under_pressure(settings, auth, tasks):
+    ids, _ = tasks
+    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.1})))
+    assert small.post(f"/v1/tasks/{ids[0]}/pin", headers=auth).json()["pinned"] is True
+    for _ in range(2):
+        r = small.post(
+            "/v1/infer", json={"inputs": [{"task": ids[1], "text": "nice"}]}, headers=auth
+        )
+        assert r.status_code == 200
+    small.post("/v1/infer", json={"inputs": [{"task": ids[0], "text": "nice"}]}, headers=auth)
+    cache = small.get("/v1/serving", headers=auth).json()["cache"]
+    assert [t["pinned"] for t in cache["resident_tasks"]] == [True]
+    assert cache["hits"] == 1 and cache["misses"] == 3  # t0 preloaded once, t1 twice
+    assert small.delete(f"/v1/tasks/{ids[0]}/pin", headers=auth).json()["resident"] is True
+    text = small.get("/metrics").text
+    assert "kilotask_cache_misses_total 3.0" in text and "kilotask_resident_tasks 1.0" in text
+    assert "kilotask_reconstruction_seconds_count 3.0" in text
+
+
+def test_concurrent_clients_share_batches(settings, auth, tasks):
+    import asyncio
+
+    import httpx
+
+    ids, arts = tasks
+    app = create_app(settings.model_copy(update={"serving_max_wait_ms": 100.0}))
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            one = {"inputs": [{"task": ids[0], "text": TEXTS[0]}]}
+            await client.post("/v1/infer", json=one, headers=auth)  # warm the cache
+            calls = [
+                client.post(
+                    "/v1/infer", json={"inputs": [{"task": ids[0], "text": t}]}, headers=auth
+                )
+                for t in TEXTS * 4
+            ]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(run())
+    assert all(r.status_code == 200 for r in responses)
+    assert max(app.state.serving.batcher.batch_sizes) > 1
+    for r, text in zip(responses, TEXTS * 4, strict=True):
+        want = reference(arts[0], [text])[0]
+        got = [r.json()["outputs"][0]["scores"][k] for k in arts[0].labels]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)

@@ -94,3 +94,25 @@ async def predict_one(
 @router.get("/v1/serving")
 def serving_state(request: Request, settings: SettingsDep, _: TenantDep) -> dict:
     return runtime(request, settings).describe()
+
+
+@router.post("/v1/tasks/{task_id}/pin")
+async def pin_task(
+    request: Request, task_id: str, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+) -> dict:
+    """Preload a task's weights now and keep them resident (never evicted)."""
+    from starlette.concurrency import run_in_threadpool
+
+    art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
+    rt = runtime(request, settings)
+    await run_in_threadpool(rt.cache.get, art, True)
+    return {"task": task_id, "digest": art.digest, "pinned": True}
+
+
+@router.delete("/v1/tasks/{task_id}/pin")
+def unpin_task(
+    request: Request, task_id: str, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+) -> dict:
+    art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
+    resident = runtime(request, settings).cache.unpin(art.digest)
+    return {"task": task_id, "pinned": False, "resident": resident}

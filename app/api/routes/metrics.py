@@ -6,7 +6,7 @@ import time
 
 from fastapi import Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from sqlalchemy import func, select
 
 from app.config import Settings
@@ -18,8 +18,8 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class _StateCollector:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, app) -> None:
+        self.settings, self.app = settings, app
 
     def collect(self):
         jobs = GaugeMetricFamily("kilotask_jobs", "Jobs by state", labels=["state"])
@@ -35,11 +35,44 @@ class _StateCollector:
             yield GaugeMetricFamily(
                 "kilotask_queue_depth", "Messages waiting in the gpu queue", value=depth
             )
+        serving = getattr(self.app.state, "serving", None)
+        if serving is not None:
+            yield from _serving_metrics(serving)
+
+
+def _serving_metrics(rt):
+    stats = rt.cache.stats
+    counters = (
+        ("hits", stats.hits, "Task cache hits"),
+        ("misses", stats.misses, "Task cache misses (reconstructions)"),
+        ("evictions", stats.evictions, "Task cache evictions"),
+    )
+    for name, value, doc in counters:
+        yield CounterMetricFamily(f"kilotask_cache_{name}", doc, value=value)
+    yield GaugeMetricFamily(
+        "kilotask_resident_tasks",
+        "Materialised tasks in memory",
+        value=len(rt.cache.describe()["resident_tasks"]),
+    )
+    yield GaugeMetricFamily(
+        "kilotask_resident_bytes",
+        "Memory held by materialised tasks",
+        value=rt.cache.resident_bytes,
+    )
+    summaries = (
+        ("reconstruction_seconds", stats.rebuild_seconds, "Time to rebuild a task's weights"),
+        ("batch_size", rt.batcher.batch_sizes, "Inputs per model call"),
+        ("inference_seconds", rt.batcher.latencies, "Model time per batch"),
+    )
+    for name, values, doc in summaries:
+        yield SummaryMetricFamily(
+            f"kilotask_{name}", doc, count_value=len(values), sum_value=float(sum(values))
+        )
 
 
 def install(app, settings: Settings) -> None:
     registry = CollectorRegistry()
-    registry.register(_StateCollector(settings))
+    registry.register(_StateCollector(settings, app))
     latency = Histogram(
         "kilotask_request_seconds",
         "HTTP request latency",
