@@ -62,13 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", help="classify rows with a task file")
-    p.add_argument("task", help="task .safetensors file")
+    p = sub.add_parser("predict", help="classify rows with a task file (or a server's task)")
+    p.add_argument("task", help="task .safetensors file, or a task id with --server")
     p.add_argument("--input", required=True, help="CSV, TSV or JSONL file with a header")
     _add_columns(p)
     p.add_argument("--model", help="base model to rebuild on (default: the task's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--server", help="URL of a running kilotask server: predict there")
+    p.add_argument("--api-key", help="API key for --server (default: $KILOTASK_API_KEY)")
 
     i = sub.add_parser("inspect", help="print a task file's metadata as JSON")
     i.add_argument("task")
@@ -97,6 +99,7 @@ def _device(name: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from app.client import ServerError
     from app.engine.errors import EngineError
 
     try:
@@ -111,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except EngineError as exc:
+        print(f"kilotask: error: {exc}", file=sys.stderr)
+        return 2
+    except ServerError as exc:
         print(f"kilotask: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
@@ -162,22 +168,46 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from app.engine.artifact import TaskArtifact
     from app.engine.data import ColumnSpec, read_table
-    from app.engine.pipeline import predict_task
+    from app.engine.metrics import classification_metrics
 
-    task = TaskArtifact.load(args.task)
+    if args.server:
+        from app.client import KilotaskClient
+
+        client = KilotaskClient(args.server, args.api_key or os.environ.get("KILOTASK_API_KEY"))
+        meta = client.task(args.task)
+        text_col, pair_col, labels = (
+            meta["text_column"],
+            meta["text_pair_column"],
+            meta["label_names"],
+        )
+    else:
+        from app.engine.artifact import TaskArtifact
+
+        task = TaskArtifact.load(args.task)
+        text_col, pair_col, labels = task.text_column, task.text_pair_column, task.labels
     columns = ColumnSpec(
-        args.text_column or task.text_column,
-        args.text_pair_column or task.text_pair_column,
-        args.label_column,
+        args.text_column or text_col, args.text_pair_column or pair_col, args.label_column
     )
     data = read_table(args.input, columns, require_labels=args.label_column is not None)
-    result = predict_task(task, data, args.model, args.batch_size, _device(args.device))
-    for label, scores in zip(result.labels, result.scores, strict=True):
-        print(json.dumps({"label": label, "scores": dict(zip(task.labels, scores, strict=True))}))
-    if result.metrics is not None:
-        print(json.dumps({**result.metrics, "rows": len(result.labels)}))
+    if args.server:
+        scores = client.infer(args.task, data.texts, data.text_pairs, args.batch_size)
+        predicted = [labels[max(range(len(row)), key=row.__getitem__)] for row in scores]
+    else:
+        from app.engine.pipeline import predict_task
+
+        result = predict_task(task, data, args.model, args.batch_size, _device(args.device))
+        scores, predicted = result.scores, result.labels
+    for label, row in zip(predicted, scores, strict=True):
+        print(json.dumps({"label": label, "scores": dict(zip(labels, row, strict=True))}))
+    if data.labels is not None:
+        from app.engine.data import encode_labels
+
+        index = {name: i for i, name in enumerate(labels)}
+        metrics = classification_metrics(
+            [index[p] for p in predicted], encode_labels(data.labels, labels), len(labels)
+        )
+        print(json.dumps({**metrics, "rows": len(predicted)}))
     return 0
 
 

@@ -153,3 +153,18 @@ def test_concurrent_clients_share_batches(settings, auth, tasks):
         want = reference(arts[0], [text])[0]
         got = [r.json()["outputs"][0]["scores"][k] for k in arts[0].labels]
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-5)
+
+
+def test_task_for_other_base_weights_is_refused_at_serving(client, settings, auth, tasks):
+    """A row that slipped past import checks (e.g. the base folder changed) is still refused."""
+    from sqlalchemy import update
+
+    from app.db.models import Task
+    from app.db.session import session_factory
+
+    ids, _ = tasks
+    with session_factory(settings)() as session:
+        session.execute(update(Task).where(Task.id == ids[2]).values(base_digest="f" * 64))
+        session.commit()
+    r = client.post("/v1/infer", json={"inputs": [{"task": ids[2], "text": "nice"}]}, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "base_model_mismatch"

@@ -1,0 +1,57 @@
+"""A small HTTP client for a running kilotask server (stdlib only), used by `kilotask predict
+--server`."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+
+class ServerError(Exception):
+    """The server refused the request or could not be reached; the message says why."""
+
+
+class KilotaskClient:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 120.0) -> None:
+        if not api_key:
+            raise ServerError("--server needs an API key: pass --api-key or set KILOTASK_API_KEY")
+        self.url, self.key, self.timeout = url.rstrip("/"), api_key, timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
+            raise ServerError(f"server answered {exc.code}: {message}") from exc
+        except urllib.error.URLError as exc:
+            raise ServerError(f"cannot reach {self.url}: {exc.reason}") from exc
+
+    def task(self, task_id: str) -> dict:
+        return self._call("GET", f"/v1/tasks/{task_id}")
+
+    def infer(
+        self, task_id: str, texts: list[str], pairs: list[str] | None, batch_size: int
+    ) -> list[list[float]]:
+        """Scores per row, in the task's label order, sent in requests of `batch_size` rows."""
+        labels = self.task(task_id)["label_names"]
+        scores: list[list[float]] = []
+        for lo in range(0, len(texts), batch_size):
+            inputs = [{"task": task_id, "text": t or " "} for t in texts[lo : lo + batch_size]]
+            if pairs is not None:
+                for item, pair in zip(inputs, pairs[lo : lo + batch_size], strict=True):
+                    item["text_pair"] = pair
+            out = self._call("POST", "/v1/infer", {"inputs": inputs})["outputs"]
+            scores.extend([o["scores"][label] for label in labels] for o in out)
+        return scores
