@@ -1,0 +1,206 @@
+"""Serving load test on loopback: one task vs mixed Zipf traffic over many tasks.
+
+Usage: python bench/bench_serving.py [--tasks 100] [--requests 400] [--clients 8]
+       [--cache-mb 10240] [--json FILE]
+Starts `kilotask serve --no-worker` on a free loopback port (SQLite, temporary data folder),
+imports N random SAID d=1000 tasks for MiniLM-L6, then sends a fixed number of single-text
+requests from concurrent clients: first all to one task, then Zipf(1.1)-distributed over all
+tasks. Reports throughput, p50/p99 latency, errors, cold vs warm latency and cache stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from app.engine.artifact import TaskArtifact
+from app.engine.base import load_base
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
+
+
+def sentences(n: int) -> list[str]:
+    lines = (GLUE / "SST-2" / "dev.tsv").read_text().splitlines()[1:]
+    return [line.split("\t")[0] for line in lines][:n]
+
+
+def make_tasks(n: int) -> list[bytes]:
+    base = load_base("minilm-l6", 2, 0)
+    m = len(list(base.model.parameters()))
+    gen = torch.Generator().manual_seed(0)
+    return [
+        TaskArtifact(
+            model="minilm-l6",
+            base_digest=base.digest,
+            seed=0,
+            method="said",
+            dim=1000,
+            D=base.num_parameters,
+            labels=["0", "1"],
+            text_column="sentence",
+            text_pair_column=None,
+            max_length=64,
+            theta=torch.randn(1000 - m, generator=gen) * 30,
+            lam=1 + 0.1 * torch.randn(m, generator=gen),
+        ).to_bytes()
+        for _ in range(n)
+    ]
+
+
+async def load(url, key, plan: list[tuple[str, str]], clients: int) -> dict:
+    latencies, errors = [], 0
+    queue = list(enumerate(plan))
+
+    async def client(http):
+        nonlocal errors
+        while queue:
+            _, (task, text) = queue.pop()
+            start = time.perf_counter()
+            r = await http.post("/v1/infer", json={"inputs": [{"task": task, "text": text}]})
+            latencies.append(time.perf_counter() - start)
+            errors += r.status_code != 200
+
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "requests": len(plan),
+        "errors": errors,
+        "seconds": wall,
+        "throughput_rps": len(plan) / wall,
+        "p50_ms": q[49] * 1e3,
+        "p99_ms": q[98] * 1e3,
+    }
+
+
+def zipf_plan(ids: list[str], texts: list[str], n: int, s: float = 1.1) -> list[tuple[str, str]]:
+    rng = random.Random(0)
+    weights = [1 / (k + 1) ** s for k in range(len(ids))]
+    return [(rng.choices(ids, weights)[0], rng.choice(texts)) for _ in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--cache-mb", type=float, default=10240)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    data = tempfile.mkdtemp(prefix="kilotask-bench-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        KILOTASK_DATA_DIR=data,
+        KILOTASK_SERVING_CACHE_MB=str(args.cache_mb),
+        KILOTASK_SERVING_MAX_WAIT_MS="5",
+        HF_HUB_OFFLINE="1",
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        key = (Path(data) / "api_key").read_text().strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        ids = []
+        for blob in make_tasks(args.tasks):
+            r = httpx.post(
+                url + "/v1/tasks",
+                files={"file": ("t.safetensors", blob)},
+                headers=headers,
+                timeout=300,
+            )
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        texts = sentences(200)
+
+        def one(task: str) -> float:
+            start = time.perf_counter()
+            httpx.post(
+                url + "/v1/infer",
+                json={"inputs": [{"task": task, "text": texts[0]}]},
+                headers=headers,
+                timeout=300,
+            ).raise_for_status()
+            return time.perf_counter() - start
+
+        cold = one(ids[0])
+        warm = statistics.median(one(ids[0]) for _ in range(10))
+        single = asyncio.run(
+            load(
+                url,
+                key,
+                [(ids[0], t) for t in random.Random(1).choices(texts, k=args.requests)],
+                args.clients,
+            )
+        )
+        for task in ids:  # warm the hot set: the cache is sized to hold it
+            one(task)
+        mixed = asyncio.run(load(url, key, zipf_plan(ids, texts, args.requests), args.clients))
+        serving = httpx.get(url + "/v1/serving", headers=headers).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    copy_s = statistics.median(_copy_time() for _ in range(5))
+    report = {
+        "tasks": args.tasks,
+        "clients": args.clients,
+        "cache_mb": args.cache_mb,
+        "cold_request_ms": cold * 1e3,
+        "warm_request_ms": warm * 1e3,
+        "copy_D_floats_ms": copy_s * 1e3,
+        "single_task": single,
+        "mixed_zipf": mixed,
+        "mixed_over_single_throughput": mixed["throughput_rps"] / single["throughput_rps"],
+        "resident_tasks": len(serving["cache"]["resident_tasks"]),
+        "resident_mb": serving["cache"]["resident_mb"],
+        "mean_batch_size": serving["mean_batch_size"],
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def _copy_time() -> float:
+    x = torch.randn(22_713_986)
+    x.clone()
+    start = time.perf_counter()
+    x.clone()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
