@@ -104,6 +104,9 @@ class TaskCache:
                 "hits": self.stats.hits,
                 "misses": self.stats.misses,
                 "evictions": self.stats.evictions,
+                "mean_rebuild_ms": 1e3
+                * sum(self.stats.rebuild_seconds)
+                / max(1, len(self.stats.rebuild_seconds)),
                 "bases": [f"{m}:{k}" for m, k in self._bases],
             }
 
