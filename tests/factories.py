@@ -78,3 +78,27 @@ def write_tsv(path: Path, rows: list[dict]) -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def make_task(model_id: str, base, dim: int = 100, **overrides):
+    """A SAID TaskArtifact for `base` (a loaded BaseModel) with random θ and λ = 1; any field
+    can be overridden (e.g. method="did", lam=None, theta=...)."""
+    from app.engine.artifact import TaskArtifact
+
+    m = len(list(base.model.parameters()))
+    fields = dict(
+        model=model_id,
+        base_digest=base.digest,
+        seed=0,
+        method="said",
+        dim=dim,
+        D=base.num_parameters,
+        labels=["0", "1"],
+        text_column="sentence",
+        text_pair_column=None,
+        max_length=16,
+        theta=torch.randn(dim - m),
+        lam=torch.ones(m),
+    )
+    fields.update(overrides)
+    return TaskArtifact(**fields)

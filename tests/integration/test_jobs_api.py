@@ -5,7 +5,7 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import load_base
-from tests.factories import sentiment_rows
+from tests.factories import make_task, sentiment_rows
 from tests.integration.conftest import new_key
 from tests.integration.test_api_basics import tsv
 
@@ -83,24 +83,7 @@ def test_cancel_queued_job_and_tenancy(client, settings, auth, dataset, tiny_ber
 
 
 def make_task_bytes(tiny_bert, **overrides) -> bytes:
-    base = load_base(str(tiny_bert), 2, 0)
-    m = len(list(base.model.parameters()))
-    fields = dict(
-        model=str(tiny_bert),
-        base_digest=base.digest,
-        seed=0,
-        method="said",
-        dim=100,
-        D=base.num_parameters,
-        labels=["0", "1"],
-        text_column="sentence",
-        text_pair_column=None,
-        max_length=16,
-        theta=torch.randn(100 - m),
-        lam=torch.ones(m),
-    )
-    fields.update(overrides)
-    return TaskArtifact(**fields).to_bytes()
+    return make_task(str(tiny_bert), load_base(str(tiny_bert), 2, 0), **overrides).to_bytes()
 
 
 def test_import_list_read_delete(client, settings, auth, tiny_bert):

@@ -12,6 +12,7 @@ from app.engine.pipeline import TrainRequest, predict_task, train_task
 from app.engine.reconstruct import reconstruct
 from app.engine.subspace import SubspaceConfig, SubspaceModel
 from app.engine.trainer import TrainConfig
+from tests.factories import make_task
 
 pytestmark = pytest.mark.slow
 
@@ -42,20 +43,7 @@ def test_said_starts_at_the_base_and_rebuilds_exactly(minilm):
         sub.theta.normal_(0, 3)
         sub.lam.uniform_(0.5, 2)
         trained = sub(**batch).logits
-    task = TaskArtifact(
-        model="minilm-l6",
-        base_digest=base.digest,
-        seed=0,
-        method="said",
-        dim=1000,
-        D=sub.D,
-        labels=["0", "1"],
-        text_column="sentence",
-        text_pair_column=None,
-        max_length=64,
-        theta=sub.theta,
-        lam=sub.lam,
-    )
+    task = make_task("minilm-l6", base, dim=1000, max_length=64, theta=sub.theta, lam=sub.lam)
     rebuilt = reconstruct(load_base("minilm-l6", 2, 0), task)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(**batch).logits, trained, rtol=0, atol=0)
@@ -63,20 +51,12 @@ def test_said_starts_at_the_base_and_rebuilds_exactly(minilm):
 
 
 def test_d200_said_task_file_is_under_a_kilobyte(minilm):
-    m = len(list(minilm.model.parameters()))
-    task = TaskArtifact(
-        model="minilm-l6",
-        base_digest=minilm.digest,
-        seed=0,
-        method="said",
+    task = make_task(
+        "minilm-l6",
+        minilm,
         dim=200,
-        D=minilm.num_parameters,
         labels=["negative", "positive"],
-        text_column="sentence",
-        text_pair_column=None,
         max_length=128,
-        theta=torch.randn(200 - m),
-        lam=torch.ones(m),
         metrics={"eval_accuracy": 0.8123, "eval_f1": 0.8211, "eval_mcc": 0.62},
         dtype="float16",
     )
