@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     serving_cache_mb: float = Field(default=1024.0, gt=0)  # materialised tasks kept in memory
     serving_max_batch: int = Field(default=32, gt=0)
     serving_max_wait_ms: float = Field(default=5.0, ge=0)
+    serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
 
     @model_validator(mode="after")
     def _defaults_and_checks(self) -> Settings:

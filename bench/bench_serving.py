@@ -4,8 +4,9 @@ Usage: python bench/bench_serving.py [--tasks 100] [--requests 400] [--clients 8
        [--cache-mb 10240] [--json FILE]
 Starts `kilotask serve --no-worker` on a free loopback port (SQLite, temporary data folder),
 imports N random SAID d=1000 tasks for MiniLM-L6, then sends a fixed number of single-text
-requests from concurrent clients: first all to one task, then Zipf(1.1)-distributed over all
-tasks. Reports throughput, p50/p99 latency, errors, cold vs warm latency and cache stats.
+requests from concurrent clients: all to one task, then Zipf(1.1)-distributed over all tasks,
+alternating for --rounds rounds (medians reported). Reports throughput, p50/p99 latency,
+errors, cold vs warm latency, cache stats, and in-process rebuild times (new vs recycled buffer).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import load_base
+from app.serving.cache import TaskCache
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
@@ -102,6 +104,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--cache-mb", type=float, default=10240)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=0, help="KILOTASK_SERVING_WORKERS (0: auto)")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -114,6 +118,7 @@ def main() -> None:
         KILOTASK_DATA_DIR=data,
         KILOTASK_SERVING_CACHE_MB=str(args.cache_mb),
         KILOTASK_SERVING_MAX_WAIT_MS="5",
+        KILOTASK_SERVING_WORKERS=str(args.workers),
         HF_HUB_OFFLINE="1",
     )
     server = subprocess.Popen(
@@ -158,23 +163,22 @@ def main() -> None:
         one(ids[0])  # loads the base model once (not part of a task's cold start)
         warm = statistics.median(one(ids[0]) for _ in range(10))
         cold = statistics.median(one(task) for task in ids[1:6])  # first request to a task
-        single = asyncio.run(
-            load(
-                url,
-                key,
-                [(ids[0], t) for t in random.Random(1).choices(texts, k=args.requests)],
-                args.clients,
-            )
-        )
         for task in ids:  # warm the hot set: the cache is sized to hold it
             one(task)
-        mixed = asyncio.run(load(url, key, zipf_plan(ids, texts, args.requests), args.clients))
+        single_plan = [(ids[0], t) for t in random.Random(1).choices(texts, k=args.requests)]
+        mixed_plan = zipf_plan(ids, texts, args.requests)
+        rounds = []  # alternate the two loads so that drift in the machine hits both alike
+        for _ in range(args.rounds):
+            single = asyncio.run(load(url, key, single_plan, args.clients))
+            mixed = asyncio.run(load(url, key, mixed_plan, args.clients))
+            rounds.append({"single_task": single, "mixed_zipf": mixed})
         serving = httpx.get(url + "/v1/serving", headers=headers).json()
     finally:
         server.terminate()
         server.wait(timeout=30)
 
     copy_s = statistics.median(_copy_time() for _ in range(5))
+    fresh_ms, recycled_ms = _rebuild_times()
     report = {
         "tasks": args.tasks,
         "clients": args.clients,
@@ -182,18 +186,45 @@ def main() -> None:
         "cold_request_ms": cold * 1e3,
         "warm_request_ms": warm * 1e3,
         "copy_D_floats_ms": copy_s * 1e3,
-        "single_task": single,
-        "mixed_zipf": mixed,
-        "mixed_over_single_throughput": mixed["throughput_rps"] / single["throughput_rps"],
+        "rounds": rounds,
+        "single_task": _median_load([r["single_task"] for r in rounds]),
+        "mixed_zipf": _median_load([r["mixed_zipf"] for r in rounds]),
+        "mixed_over_single_throughput": statistics.median(
+            r["mixed_zipf"]["throughput_rps"] / r["single_task"]["throughput_rps"] for r in rounds
+        ),
+        "rebuild_into_new_buffer_ms": fresh_ms,
+        "rebuild_into_recycled_buffer_ms": recycled_ms,
         "resident_tasks": len(serving["cache"]["resident_tasks"]),
         "resident_mb": serving["cache"]["resident_mb"],
         "mean_batch_size": serving["mean_batch_size"],
+        "workers": serving["workers"],
         "mean_reconstruction_ms": serving["cache"]["mean_rebuild_ms"],
         "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def _median_load(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _rebuild_times(n: int = 6) -> tuple[float, float]:
+    """Median ms to rebuild a task in this process: into a new buffer (the cache has room) and
+    into an evicted task's buffer (a full cache churning)."""
+    tasks = [TaskArtifact.from_bytes(b) for b in make_tasks(n)]
+    out = []
+    for budget_mb in (n * 100, 100):  # room for all; room for one (each miss recycles)
+        cache = TaskCache(budget_mb)
+        cache.get(tasks[0])  # loads the base and the seed's projection: not a rebuild
+        times = []
+        for task in tasks[1:]:
+            start = time.perf_counter()
+            cache.get(task)
+            times.append(time.perf_counter() - start)
+        out.append(1e3 * statistics.median(times))
+    return out[0], out[1]
 
 
 def _copy_time() -> float:

@@ -7,10 +7,12 @@ so a corrupted or edited file is refused rather than silently rebuilding another
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -82,7 +84,11 @@ class TaskArtifact:
             )
 
     def _metadata(self) -> dict:
-        meta = {k: v for k, v in asdict(self).items() if k not in ("theta", "lam")}
+        meta = {
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("theta", "lam")  # tensors: never deep-copied just to be dropped
+        }
         meta["metrics"] = {k: round(float(v), 4) for k, v in self.metrics.items()}
         meta["lambdas"] = 0 if self.lam is None else self.lam.numel()
         return meta
@@ -92,9 +98,10 @@ class TaskArtifact:
         parts = [self.theta] if self.lam is None else [self.theta, self.lam]
         return {"theta_d": torch.cat(parts).to(STORAGE_DTYPES[self.dtype]).contiguous()}
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """sha256 over canonical metadata JSON and the stored vector bytes: the task's identity."""
+        """sha256 over canonical metadata JSON and the stored vector bytes: the task's identity.
+        Computed once per instance (serving asks for it on every request)."""
         h = hashlib.sha256(_canonical_json(self._metadata()).encode())
         for name, t in self._tensors().items():
             h.update(name.encode())

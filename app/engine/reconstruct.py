@@ -10,8 +10,9 @@ from torch import nn
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, load_base
-from app.engine.errors import BaseModelMismatchError
-from app.engine.subspace import SubspaceConfig, SubspaceModel
+from app.engine.errors import BaseModelMismatchError, SubspaceConfigError
+from app.engine.fastfood import get_projection
+from app.engine.subspace import SubspaceConfig, SubspaceModel, projected_dim
 
 
 def check_compatible(base: BaseModel, task: TaskArtifact) -> None:
@@ -47,3 +48,27 @@ def load_task_model(
     Returns (classifier, tokenizer)."""
     base = load_base(model or task.model, num_labels=len(task.labels), seed=task.seed)
     return reconstruct(base, task, device), base.tokenizer
+
+
+@torch.no_grad()
+def add_task_delta_(flat: torch.Tensor, task: TaskArtifact, sizes: list[int]) -> None:
+    """flat += λ·P(θ_d) in place, where `flat` holds θ_0 (canonical order, see engine.flat).
+
+    The same weights `reconstruct` produces, without wrapping a model: serving uses it to
+    rebuild a task into a buffer it already owns.
+    """
+    config = SubspaceConfig(method=task.method, dim=task.dim, seed=task.seed, spec=task.spec)
+    d_proj = projected_dim(config, len(sizes))
+    if tuple(task.theta.shape) != (d_proj,):
+        raise SubspaceConfigError(f"θ has shape {tuple(task.theta.shape)}, expected ({d_proj},)")
+    projection = get_projection(d_proj, flat.numel(), task.seed, flat.device, flat.dtype)
+    delta = projection.forward(task.theta.to(flat.device, flat.dtype))
+    if config.method == "did":
+        flat.add_(delta)
+        return
+    if task.lam is None or task.lam.numel() != len(sizes):
+        raise SubspaceConfigError(f"λ must have shape ({len(sizes)},)")
+    for out, piece, scale in zip(
+        torch.split(flat, sizes), torch.split(delta, sizes), task.lam.tolist(), strict=True
+    ):
+        out.add_(piece, alpha=scale)

@@ -1,8 +1,11 @@
-"""Continuous micro-batching: requests queue per task; one consumer runs the model, and each
-time it is free it takes every pending input of the task that has waited longest (up to
-`max_batch`). Inputs that arrive while the model is busy therefore join the next batch, and a
-lone request waits at most `max_wait_ms` for company. Model calls run one at a time on a
-dedicated thread, off the event loop."""
+"""Continuous micro-batching: requests queue per task; model workers run the batches, and each
+time a worker is free it takes every pending input of the task that has waited longest (up to
+`max_batch`). Inputs that arrive while the workers are busy therefore join the next batch, and a
+lone request waits at most `max_wait_ms` for company.
+
+On CPU there is one worker per core, each with one intra-op thread: a small batch (the common
+case when traffic is spread over many tasks) cannot use two cores inside one forward pass, but two
+small batches of different tasks can run side by side. On GPU one worker owns the device."""
 
 from __future__ import annotations
 
@@ -16,31 +19,52 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.serving.cache import TaskCache, classify
+from app.serving.tally import Tally
 
 Item = tuple[str, str | None]
+
+
+def default_workers(device: str) -> int:
+    return 1 if device != "cpu" else max(1, torch.get_num_threads())
 
 
 @dataclass
 class _Request:
     items: list[Item]
     future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class _Queue:
     task: TaskArtifact
     requests: list[_Request] = field(default_factory=list)
+    pending: int = 0  # inputs in `requests`
 
 
 class MicroBatcher:
-    def __init__(self, cache: TaskCache, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
+    def __init__(
+        self,
+        cache: TaskCache,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        workers: int | None = None,
+    ) -> None:
         self.cache, self.max_batch, self.max_wait = cache, max_batch, max_wait_ms / 1000
+        self.max_delay = max(0.05, 10 * self.max_wait)  # longest a task is passed over
+        self.workers = workers or default_workers(cache.device)
+        threads_each = max(1, torch.get_num_threads() // self.workers)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.workers,
+            thread_name_prefix="kilotask-infer",
+            initializer=torch.set_num_threads,  # per-thread: the workers share the cores
+            initargs=(threads_each,),
+        )
         self._queues: OrderedDict[str, _Queue] = OrderedDict()  # oldest waiting task first
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kilotask-infer")
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.batch_sizes: list[int] = []
-        self.latencies: list[float] = []
+        self.batch_sizes = Tally()  # inputs per model call
+        self.latencies = Tally()  # seconds per model call
 
     async def submit(self, task: TaskArtifact, items: list[Item]) -> torch.Tensor:
         """Probabilities (len(items), C) for `items`, computed in shared batches."""
@@ -52,22 +76,33 @@ class MicroBatcher:
         futures = []
         for lo in range(0, len(items), self.max_batch):
             request = _Request(items[lo : lo + self.max_batch], loop.create_future())
-            self._queues.setdefault(task.digest, _Queue(task)).requests.append(request)
+            queue = self._queues.setdefault(task.digest, _Queue(task))
+            queue.requests.append(request)
+            queue.pending += len(request.items)
             futures.append(request.future)
         self._wakeup.set()
         return torch.cat(await asyncio.gather(*futures))
 
     async def _consume(self) -> None:
+        free = asyncio.Semaphore(self.workers)
+        running: set[asyncio.Task] = set()  # strong references until each batch is done
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             await asyncio.sleep(self.max_wait)  # let a lone request gather company
             while self._queues:
-                await self._run(self._take())
+                await free.acquire()  # inputs arriving meanwhile join this batch
+                run = asyncio.get_running_loop().create_task(self._run(self._take()))
+                running.add(run)
+                run.add_done_callback(lambda done: (running.discard(done), free.release()))
 
     def _take(self) -> tuple[TaskArtifact, list[_Request]]:
-        """Up to max_batch inputs (whole requests) of the task that has waited longest."""
+        """Up to max_batch inputs (whole requests) of one task: the task with the most inputs
+        pending, since on CPU every batch streams its task's whole weights once, unless the
+        task that has waited longest has waited too long (no task starves)."""
         digest, queue = next(iter(self._queues.items()))
+        if time.perf_counter() - queue.requests[0].arrived < self.max_delay:
+            digest, queue = max(self._queues.items(), key=lambda kv: kv[1].pending)
         batch, size = [], 0
         while queue.requests and (
             not batch or size + len(queue.requests[0].items) <= self.max_batch
@@ -75,6 +110,7 @@ class MicroBatcher:
             request = queue.requests.pop(0)
             batch.append(request)
             size += len(request.items)
+        queue.pending -= size
         if not queue.requests:
             del self._queues[digest]
         else:
@@ -96,8 +132,8 @@ class MicroBatcher:
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
-        self.batch_sizes.append(len(items))
-        self.latencies.append(time.perf_counter() - start)
+        self.batch_sizes.add(len(items))
+        self.latencies.add(time.perf_counter() - start)
         offset = 0
         for request in batch:
             n = len(request.items)
@@ -106,4 +142,5 @@ class MicroBatcher:
             offset += n
 
     def _compute(self, task: TaskArtifact, texts: list[str], pairs: list[str] | None):
-        return classify(self.cache.get(task), task, texts, pairs)
+        with self.cache.use(task) as entry:
+            return classify(entry, task, texts, pairs)

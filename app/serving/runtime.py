@@ -14,20 +14,24 @@ class ServingRuntime:
     batcher: MicroBatcher
 
     @classmethod
-    def create(cls, budget_mb: float, max_batch: int, max_wait_ms: float) -> ServingRuntime:
+    def create(
+        cls, budget_mb: float, max_batch: int, max_wait_ms: float, workers: int = 0
+    ) -> ServingRuntime:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = TaskCache(budget_mb, device)
-        return cls(cache, MicroBatcher(cache, max_batch, max_wait_ms))
+        return cls(cache, MicroBatcher(cache, max_batch, max_wait_ms, workers or None))
 
     def describe(self) -> dict:
         sizes = self.batcher.batch_sizes
         return {
             "cache": self.cache.describe(),
             "device": self.cache.device,
-            "batches": len(sizes),
-            "mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0,
+            "batches": sizes.count,
+            "mean_batch_size": sizes.mean,
+            "largest_batch": int(sizes.max),
             "max_batch": self.batcher.max_batch,
+            "workers": self.batcher.workers,
             "max_wait_ms": self.batcher.max_wait * 1000,
         }

@@ -94,15 +94,21 @@ def test_bad_requests(client, auth, tasks, inputs, fragment):
 
 
 def test_cache_budget_evicts_least_recently_used(settings, auth, tasks):
-    ids, _ = tasks
+    """A budget of one task: each miss evicts the last task and rebuilds into its buffer, and
+    the recycled buffer gives exactly the task's own outputs (no residue of the previous one)."""
+    ids, arts = tasks
     small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.1})))
-    for task_id in (ids[0], ids[1], ids[0]):
+    for i in (0, 1, 0, 2):
         r = small.post(
-            "/v1/infer", json={"inputs": [{"task": task_id, "text": "nice"}]}, headers=auth
+            "/v1/infer", json={"inputs": [{"task": ids[i], "text": "nice"}]}, headers=auth
         )
         assert r.status_code == 200
+        scores = r.json()["outputs"][0]["scores"]
+        got = torch.tensor([scores[label] for label in arts[i].labels])
+        want = torch.tensor(reference(arts[i], ["nice"])[0])
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     cache = small.get("/v1/serving", headers=auth).json()["cache"]
-    assert cache["misses"] == 3 and cache["evictions"] == 2
+    assert cache["misses"] == 4 and cache["evictions"] == 3 and cache["recycled_buffers"] == 3
     assert len(cache["resident_tasks"]) == 1 and cache["resident_mb"] <= 0.1
 
 
@@ -148,7 +154,7 @@ def test_concurrent_clients_share_batches(settings, auth, tasks):
 
     responses = asyncio.run(run())
     assert all(r.status_code == 200 for r in responses)
-    assert max(app.state.serving.batcher.batch_sizes) > 1
+    assert app.state.serving.batcher.batch_sizes.max > 1
     for r, text in zip(responses, TEXTS * 4, strict=True):
         want = reference(arts[0], [text])[0]
         got = [r.json()["outputs"][0]["scores"][k] for k in arts[0].labels]

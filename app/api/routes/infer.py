@@ -23,7 +23,10 @@ def runtime(request: Request, settings):
         from app.serving.runtime import ServingRuntime  # torch only once inference is used
 
         state.serving = ServingRuntime.create(
-            settings.serving_cache_mb, settings.serving_max_batch, settings.serving_max_wait_ms
+            settings.serving_cache_mb,
+            settings.serving_max_batch,
+            settings.serving_max_wait_ms,
+            settings.serving_workers,
         )
     return state.serving
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import Request, Response
+from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from sqlalchemy import func, select
@@ -64,10 +64,37 @@ def _serving_metrics(rt):
         ("batch_size", rt.batcher.batch_sizes, "Inputs per model call"),
         ("inference_seconds", rt.batcher.latencies, "Model time per batch"),
     )
-    for name, values, doc in summaries:
+    for name, tally, doc in summaries:
         yield SummaryMetricFamily(
-            f"kilotask_{name}", doc, count_value=len(values), sum_value=float(sum(values))
+            f"kilotask_{name}", doc, count_value=tally.count, sum_value=tally.total
         )
+
+
+class _TimedRequests:
+    """Request latency by route and status, as plain ASGI middleware (Starlette's
+    BaseHTTPMiddleware costs a task and a stream per request, a hot spot under load)."""
+
+    def __init__(self, app, latency: Histogram) -> None:
+        self.app, self.latency = app, latency
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_with_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            self.latency.labels(
+                scope["method"], getattr(route, "path", "unmatched"), str(status)
+            ).observe(time.perf_counter() - start)
 
 
 def install(app, settings: Settings) -> None:
@@ -80,15 +107,7 @@ def install(app, settings: Settings) -> None:
         registry=registry,
     )
 
-    @app.middleware("http")
-    async def _timed(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        latency.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_TimedRequests, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

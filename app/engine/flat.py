@@ -1,0 +1,64 @@
+"""Models whose parameters are views of one flat buffer in canonical order.
+
+Serving keeps one such buffer per resident task: rebuilding a task is then one copy of θ_0 into
+the buffer plus λ·P(θ_d) added in place, and binding a fresh module to it costs a copy of the
+module's Python objects only (a meta-device skeleton), never a second D-sized allocation.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from app.engine.base import canonical_names
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    names: list[str]  # canonical order
+    shapes: list[tuple[int, ...]]
+    sizes: list[int]
+
+    @property
+    def D(self) -> int:
+        return sum(self.sizes)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [v.view(s) for v, s in zip(torch.split(flat, self.sizes), self.shapes, strict=True)]
+
+
+def layout_of(model: nn.Module) -> FlatLayout:
+    params = dict(model.named_parameters())
+    names = canonical_names(model)
+    return FlatLayout(
+        names, [tuple(params[n].shape) for n in names], [params[n].numel() for n in names]
+    )
+
+
+def flatten(model: nn.Module, layout: FlatLayout, device: str | torch.device) -> torch.Tensor:
+    """The model's parameters as one float32 (D,) tensor on `device`, in canonical order."""
+    params = dict(model.named_parameters())
+    return torch.cat([params[n].detach().reshape(-1).float() for n in layout.names]).to(device)
+
+
+def skeleton(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters live on the meta device (no storage)."""
+    memo = {
+        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo)
+
+
+def bind(skel: nn.Module, layout: FlatLayout, flat: torch.Tensor) -> nn.Module:
+    """A new module shaped like `skel` whose parameters are views of `flat` (tied ones stay
+    tied), with buffers moved to flat's device, in eval mode."""
+    params = dict(skel.named_parameters())
+    memo = {
+        id(params[name]): nn.Parameter(view, requires_grad=False)
+        for name, view in zip(layout.names, layout.split(flat), strict=True)
+    }
+    return copy.deepcopy(skel, memo).to(flat.device).eval()
