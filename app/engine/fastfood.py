@@ -8,7 +8,9 @@ diagonal G_k, so the first transform is computed once, every coordinate of x rea
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections import OrderedDict
 from threading import Lock
 from typing import Protocol
@@ -115,9 +117,18 @@ def project(x: torch.Tensor, projection: Projection) -> torch.Tensor:
     return _ProjectFunction.apply(x, projection)
 
 
-_CACHE: OrderedDict[tuple, FastfoodProjection] = OrderedDict()
+_CACHE: OrderedDict[tuple, Projection] = OrderedDict()
 _CACHE_LOCK = Lock()
 CACHE_SIZE = 2
+
+
+def _use_triton(device: torch.device, dtype: torch.dtype) -> bool:
+    """Triton kernels on CUDA in float32 (KILOTASK_PROJECTION=reference turns them off)."""
+    if device.type != "cuda" or dtype != torch.float32:
+        return False
+    if os.environ.get("KILOTASK_PROJECTION", "auto") == "reference":
+        return False
+    return importlib.util.find_spec("triton") is not None
 
 
 def get_projection(
@@ -126,18 +137,28 @@ def get_projection(
     seed: int,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> FastfoodProjection:
-    """A shared FastfoodProjection, LRU-cached per (d, D, seed, device, dtype).
+) -> Projection:
+    """A shared projection, LRU-cached per (d, D, seed, device, dtype).
 
-    Building one costs a pass of the generator over D counters; tasks sharing a seed and d
-    (the common case in serving) reuse it.
+    On CUDA: the Triton kernels, which regenerate G on the fly (state independent of D). On
+    CPU: FastfoodProjection, which caches G (one float per parameter) because regenerating it
+    costs more than the projection itself there. Tasks sharing a seed and d (the common case
+    in serving) reuse one instance.
     """
-    key = (d, D, seed, str(torch.device(device)), dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (d, D, seed, str(device), dtype)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    proj = FastfoodProjection(d, D, seed, device, dtype)
+    if _use_triton(device, dtype):
+        from app.engine.fastfood_triton import TritonFastfoodProjection
+
+        proj = TritonFastfoodProjection(d, D, seed, device, dtype)
+    else:
+        proj = FastfoodProjection(d, D, seed, device, dtype)
     with _CACHE_LOCK:
         _CACHE[key] = proj
         while len(_CACHE) > CACHE_SIZE:
