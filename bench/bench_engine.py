@@ -1,8 +1,13 @@
-"""Engine speed on this machine: subspace training step vs full fine-tuning, and reconstruction.
+"""Engine speed: subspace training steps vs full fine-tuning, reconstruction vs one copy of D.
 
-Usage: python bench/bench_engine.py [--model minilm-l6] [--batch 32] [--seq 64] [--dims 1000]
-Prints a table (and --json FILE writes it). Every ratio is against a baseline timed in the same
-run: the full fine-tuning step for training, one copy of D floats for reconstruction.
+Usage: python bench/bench_engine.py [--device cpu|cuda] [--models ...] [--dims 1000 20000]
+       [--batch 32] [--seq N] [--reps 5] [--json FILE]
+CPU default: MiniLM-L6 (the real base), batch 32 × 64, float32. CUDA default: random-init
+BERT-base and RoBERTa-large shapes (speed depends on shapes only), batch 32 × 128, bf16 autocast.
+For each model: a full fine-tuning step (AdamW), SAID and DID steps at each d, rebuilding all
+weights θ_0 + λ·P(θ_d) into a buffer (the serving path), the floor of copying D floats once, peak
+GPU memory per step, and the projection's state as a share of the model's weights. Every ratio is
+against a baseline timed in the same run. Prints a table; --json writes it all.
 """
 
 from __future__ import annotations
@@ -19,30 +24,61 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    BertConfig,
+    RobertaConfig,
+)
 
+import app  # noqa: E402, F401  (huge pages for D-sized CPU buffers)
 from app.engine.artifact import TaskArtifact  # noqa: E402
-from app.engine.base import load_base  # noqa: E402
-from app.engine.fastfood import FastfoodProjection  # noqa: E402
-from app.engine.reconstruct import reconstruct  # noqa: E402
-from app.engine.subspace import SubspaceConfig, SubspaceModel  # noqa: E402
+from app.engine.fastfood import get_projection  # noqa: E402
+from app.engine.flat import flatten, layout_of  # noqa: E402
+from app.engine.reconstruct import add_task_delta_  # noqa: E402
+from app.engine.subspace import SubspaceConfig, SubspaceModel, projected_dim  # noqa: E402
+
+CONFIGS = {
+    "bert-base": lambda: BertConfig(num_labels=2),
+    "roberta-large": lambda: RobertaConfig(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        vocab_size=50265,
+        max_position_embeddings=514,
+        num_labels=2,
+    ),
+}
 
 
-def timed(fn, reps: int, warmup: int = 1) -> float:
-    """Median seconds of `reps` calls after `warmup` calls."""
+def load_model(name: str) -> torch.nn.Module:
+    if name in CONFIGS:
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_config(CONFIGS[name]())
+    from app.engine.base import load_base
+
+    return load_base(name, num_labels=2, seed=0).model
+
+
+def timed(fn, reps: int, device: torch.device, warmup: int = 2) -> tuple[float, int]:
+    """Median seconds of `reps` calls after `warmup`, and peak CUDA bytes during them."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(reps):
-        t = time.perf_counter()
+        start = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    return statistics.median(times), peak
 
 
-def train_step_fn(model, params, batch, lr):
+def train_step(model, params, batch, lr):
     opt = torch.optim.AdamW(params, lr=lr)
     device = next(iter(params)).device
 
@@ -56,111 +92,105 @@ def train_step_fn(model, params, batch, lr):
     return step
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--dims", type=int, nargs="+", default=[1000])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-
-    torch.manual_seed(0)
-    base = load_base(args.model, num_labels=2, seed=0)
-    D = base.num_parameters
-    dev = torch.device(args.device)
+def bench_model(name: str, args, device: torch.device) -> list[dict]:
+    base = load_model(name)
+    D = sum(p.numel() for p in base.parameters())
+    model_bytes = D * 4  # float32 weights, as trained here
+    vocab = base.config.vocab_size
     batch = {
-        "input_ids": torch.randint(1000, 20000, (args.batch, args.seq), device=dev),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=dev),
-        "labels": torch.randint(0, 2, (args.batch,), device=dev),
+        "input_ids": torch.randint(5, vocab, (args.batch, args.seq), device=device),
+        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 2, (args.batch,), device=device),
     }
-    rows: list[dict] = []
+    rows = []
 
-    full = copy.deepcopy(base.model).to(dev).train()
-    full_s = timed(train_step_fn(full, list(full.parameters()), batch, 3e-5), args.reps)
-    rows.append({"what": "full fine-tuning step", "seconds": full_s, "ratio": 1.0})
+    def row(what: str, seconds: float, baseline: float, peak: int = 0, **extra) -> None:
+        rows.append(
+            {"model": name, "what": what, "seconds": seconds, "ratio": seconds / baseline}
+            | ({"peak_gb": peak / 2**30} if peak else {})
+            | extra
+        )
+
+    full = copy.deepcopy(base).to(device).train()
+    step = train_step(full, list(full.parameters()), batch, 3e-5)
+    full_s, full_peak = timed(step, args.reps, device)
+    row("full fine-tuning step", full_s, full_s, full_peak)
     del full
 
     for method in ("said", "did"):
         for dim in args.dims:
-            config = SubspaceConfig(method, dim, 0)
-            sub = SubspaceModel(copy.deepcopy(base.model), config, device=dev).train()
+            sub = SubspaceModel(copy.deepcopy(base), SubspaceConfig(method, dim, 0), device=device)
+            sub.train()
             params = [p for p in sub.parameters() if p.requires_grad]
-            s = timed(train_step_fn(sub, params, batch, 2e-2), args.reps)
-            rows.append(
-                {"what": f"{method.upper()} step, d={dim}", "seconds": s, "ratio": s / full_s}
-            )
-            del sub
+            s, peak = timed(train_step(sub, params, batch, 0.2), args.reps, device)
+            share = sub.projection.nbytes / model_bytes
+            row(f"{method.upper()} step, d={dim}", s, full_s, peak, projection_share=share)
+            del sub, params
 
-    flat = torch.randn(D, device=dev)
-    copy_s = timed(lambda: flat.clone(), 10)
-    rows.append({"what": f"copy D={D} floats (floor)", "seconds": copy_s, "ratio": 1.0})
+    layout = layout_of(base)
+    theta0 = flatten(base, layout, device)
+    out = torch.empty_like(theta0)
+    copy_s, _ = timed(lambda: out.copy_(theta0), 10, device)
+    row(f"copy D={D / 1e6:.1f}M floats once (floor)", copy_s, copy_s)
+    for dim in args.dims:
+        m = len(layout.sizes)
+        gen = torch.Generator().manual_seed(dim)
+        d_proj = projected_dim(SubspaceConfig("said", dim, 0), m)
+        task = TaskArtifact(
+            model=name, base_digest="-", seed=0, method="said", dim=dim, D=D, labels=["0", "1"],
+            text_column="sentence", text_pair_column=None, max_length=args.seq,
+            theta=torch.randn(d_proj, generator=gen), lam=1 + 0.1 * torch.randn(m, generator=gen),
+        )  # fmt: skip
+        get_projection(d_proj, D, 0, device)  # built once per (seed, d), shared by tasks
 
-    dim = args.dims[0]
-    sub = SubspaceModel(copy.deepcopy(base.model), SubspaceConfig("said", dim, 0))
-    with torch.no_grad():
-        sub.theta.normal_()
-    task = TaskArtifact(
-        model=args.model,
-        base_digest=base.digest,
-        seed=0,
-        method="said",
-        dim=dim,
-        D=D,
-        labels=["0", "1"],
-        text_column="sentence",
-        text_pair_column=None,
-        max_length=args.seq,
-        theta=sub.theta,
-        lam=sub.lam,
-    )
-    del sub
-    proj = FastfoodProjection(task.theta.numel(), D, 0, device=dev)
-    x = task.theta.to(dev)
-    p_s = timed(lambda: proj.forward(x), args.reps)
-    rows.append({"what": f"projection P(θ), d={dim}", "seconds": p_s, "ratio": p_s / copy_s})
+        def rebuild(task=task):
+            out.copy_(theta0)
+            add_task_delta_(out, task, layout.sizes)
 
-    def rebuild():
-        fresh = copy.copy(base)
-        fresh.model = copy.deepcopy(base.model)
-        return fresh
+        s, _ = timed(rebuild, args.reps, device)
+        row(f"rebuild all weights, SAID d={dim}", s, copy_s)
+    return rows
 
-    bases = [rebuild() for _ in range(args.reps + 1)]
-    warm_s = timed(lambda: reconstruct(bases.pop(), task, dev), args.reps)
-    rows.append(
-        {
-            "what": "reconstruct all weights (seed cached)",
-            "seconds": warm_s,
-            "ratio": warm_s / copy_s,
-        }
-    )
-    gen_s = timed(lambda: FastfoodProjection(task.theta.numel(), D, 12345, device=dev), 3)
-    rows.append(
-        {
-            "what": "generate P for a new seed (cold extra)",
-            "seconds": gen_s,
-            "ratio": gen_s / copy_s,
-        }
-    )
 
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", nargs="+")
+    ap.add_argument("--dims", type=int, nargs="+", default=[1000, 20000])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    args.models = args.models or (["bert-base", "roberta-large"] if cuda else ["minilm-l6"])
+    args.seq = args.seq or (128 if cuda else 64)
+
+    started = time.perf_counter()
+    rows = [r for name in args.models for r in bench_model(name, args, device)]
     env = {
-        "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "model": args.model,
-        "D": D,
         "batch": args.batch,
         "seq": args.seq,
-        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "precision": "bf16 autocast" if cuda else "float32",
+        "projection": type(get_projection(1000, 4096, 0, device)).__name__,
+        "seconds": time.perf_counter() - started,
     }
     print(json.dumps(env))
-    print(f"{'measurement':45s} {'ms':>10s} {'ratio':>8s}")
+    header = ("model", "measurement", "ms", "ratio", "peak GB", "P/model")
+    print("{:14s} {:38s} {:>9s} {:>7s} {:>8s} {:>8s}".format(*header))
     for r in rows:
-        print(f"{r['what']:45s} {r['seconds'] * 1e3:10.1f} {r['ratio']:8.2f}")
+        peak = f"{r['peak_gb']:8.2f}" if "peak_gb" in r else f"{'':8s}"
+        share = f"{r['projection_share']:8.3%}" if "projection_share" in r else ""
+        print(
+            f"{r['model']:14s} {r['what']:38s} {r['seconds'] * 1e3:9.1f} {r['ratio']:7.2f} "
+            f"{peak} {share}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=2)

@@ -3,9 +3,10 @@ block done as two small dense products in registers and shared memory (H_m = H_R
 block viewed as an R×C tile T maps to H_R·T·H_C). Nothing D-sized is stored but the output.
 
 Bit-for-bit the same random numbers as `spec.gaussians` (same counter hash, same table), so the
-result equals `FastfoodProjection` up to float rounding. Blocks longer than `max_tile` (16384)
-are split into J = n / max_tile sub-blocks: the kernel transforms each sub-block and one small
-batched product applies H_J across them (H_n = H_J ⊗ H_m), a couple of extra global passes.
+result equals `FastfoodProjection` up to float rounding. Blocks longer than `max_tile` (4096, a
+64×64 tile: three such tiles fit a program's registers and shared memory) are split into
+J = n / max_tile sub-blocks: the kernel transforms each sub-block and one small batched product
+applies H_J across them (H_n = H_J ⊗ H_m), a couple of extra global passes.
 
 Runs on CUDA; with TRITON_INTERPRET=1 set before import it also runs on CPU tensors (slowly),
 which is how the tests check the kernels on machines without a GPU.
@@ -112,7 +113,7 @@ class TritonFastfoodProjection:
         seed: int,
         device: str | torch.device = "cuda",
         dtype: torch.dtype = torch.float32,
-        max_tile: int = 16384,
+        max_tile: int = 4096,
     ) -> None:
         if dtype != torch.float32:
             raise ValueError("the Triton projection computes in float32")
