@@ -1,0 +1,120 @@
+"""d90 search (paper §3): the smallest subspace dimension d whose metric reaches 90 % of full
+fine-tuning, each d given a small learning-rate search as in the paper.
+
+The search is a pure function of the results of its runs: it asks `run(kind, d, lr)` for a metric
+only when `done` lacks that run's key, so replaying it over the results of a killed search skips
+every finished run and continues where it stopped (resume). Order: full fine-tuning over its
+learning-rate grid (the bar), then a log-spaced sweep of d upwards until one passes, then
+bisection in log space between the largest failing and the smallest passing d until the bracket
+is tight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class D90Plan:
+    method: str = "said"  # "said" or "did"
+    min_d: int = 10
+    max_d: int = 100_000
+    sweep_points: int = 5  # log-spaced d values from min_d to max_d
+    tolerance: float = 0.25  # stop when hi / lo <= 1 + tolerance (or hi - lo <= 1)
+    threshold: float = 0.9  # the bar, as a share of the full fine-tuning metric
+    lr_grid: tuple[float, ...] = (0.05, 0.2, 0.5)
+    full_lr_grid: tuple[float, ...] = (2e-5, 5e-5)
+
+    def sweep(self) -> list[int]:
+        """Log-spaced, increasing, distinct integers from min_d to max_d inclusive."""
+        if self.sweep_points < 2 or self.min_d >= self.max_d:
+            return sorted({self.min_d, self.max_d})
+        ratio = math.log(self.max_d / self.min_d) / (self.sweep_points - 1)
+        return sorted({round(self.min_d * math.exp(i * ratio)) for i in range(self.sweep_points)})
+
+
+@dataclass
+class DPoint:
+    d: int
+    metric: float  # best over the learning-rate grid
+    lr: float  # the learning rate that gave it
+    passed: bool
+
+
+@dataclass
+class D90Result:
+    plan: dict
+    full_metric: float
+    full_lr: float
+    bar: float
+    points: list[DPoint] = field(default_factory=list)  # in the order they were evaluated
+    d90: int | None = None  # smallest passing d seen; None when even max_d fails
+    bracket: tuple[int, int] | None = None  # (largest failing d, smallest passing d)
+    finished: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RunFn = Callable[[str, int, float], float]  # (kind "full" or the method, d, lr) -> metric
+
+
+def run_key(kind: str, d: int, lr: float) -> str:
+    return f"{kind}:d={d}:lr={lr:g}"
+
+
+def search_d90(
+    plan: D90Plan,
+    run: RunFn,
+    done: dict[str, float] | None = None,
+    on_result: Callable[[str, float], None] | None = None,
+    on_point: Callable[[D90Result], None] | None = None,
+) -> D90Result:
+    """Run the search; `done` holds metrics of runs already finished (by key), `on_result` is
+    called after each new run (persist it there), `on_point` after each finished d."""
+    done = dict(done or {})
+
+    def metric(kind: str, d: int, lr: float) -> float:
+        key = run_key(kind, d, lr)
+        if key not in done:
+            done[key] = float(run(kind, d, lr))
+            if on_result is not None:
+                on_result(key, done[key])
+        return done[key]
+
+    full = {lr: metric("full", 0, lr) for lr in plan.full_lr_grid}
+    full_lr = max(full, key=full.__getitem__)
+    result = D90Result(asdict(plan), full[full_lr], full_lr, plan.threshold * full[full_lr])
+
+    def evaluate(d: int) -> bool:
+        scores = {lr: metric(plan.method, d, lr) for lr in plan.lr_grid}
+        best = max(scores, key=scores.__getitem__)
+        passed = scores[best] >= result.bar
+        result.points.append(DPoint(d, scores[best], best, passed))
+        if passed and (result.d90 is None or d < result.d90):
+            result.d90 = d
+        if on_point is not None:
+            on_point(result)
+        return passed
+
+    lo = None  # largest failing d below the smallest passing one
+    for d in plan.sweep():
+        if evaluate(d):
+            break
+        lo = d
+    if result.d90 is None or lo is None:  # nothing passes, or min_d already passes
+        result.finished = True
+        return result
+    hi = result.d90
+    while hi / lo > 1 + plan.tolerance and hi - lo > 1:
+        mid = min(max(round(math.sqrt(lo * hi)), lo + 1), hi - 1)
+        if evaluate(mid):
+            hi = mid
+        else:
+            lo = mid
+    result.bracket = (lo, hi)
+    result.d90 = hi
+    result.finished = True
+    return result
