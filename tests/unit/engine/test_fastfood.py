@@ -92,3 +92,22 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(
         gpu.transpose(y.cuda()).cpu(), cpu.transpose(y), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("run_floats", [1024, 2048, 4096])
+def test_blocked_runs_equal_one_pass(monkeypatch, run_floats):
+    """Runs of 1, 2 and 4 blocks (the last one partial and reaching past D) give the same
+    forward and transpose as all blocks at once."""
+    import app.engine.fastfood as ff
+
+    d, D = 200, 5 * 1024 + 300  # 6 blocks of 1024, the last one cropped
+    x, y = torch.randn(d, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    whole = FastfoodProjection(d, D, seed=9, dtype=torch.float64)
+    want_f, want_t = whole.forward(x), whole.transpose(y)
+    monkeypatch.setattr(ff, "CHUNK_FLOATS", run_floats)
+    blocked = FastfoodProjection(d, D, seed=9, dtype=torch.float64)
+    assert len(blocked._chunks()) == -(-6 // (run_floats // 1024)) > 1
+    torch.testing.assert_close(blocked.forward(x), want_f, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(blocked.transpose(y), want_t, rtol=1e-12, atol=1e-12)
+    out = torch.full((D,), float("nan"), dtype=torch.float64)
+    assert blocked.forward(x, out=out) is out and not out.isnan().any()
