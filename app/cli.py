@@ -75,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print a task file's metadata as JSON")
     i.add_argument("task")
 
+    d = sub.add_parser("d90", help="search the smallest d reaching 90%% of full fine-tuning")
+    d.add_argument("--model", default="minilm-l6")
+    d.add_argument("--train", required=True, help="CSV, TSV or JSONL file with a header")
+    d.add_argument("--eval", required=True, help="evaluation file (same columns)")
+    _add_columns(d)
+    d.add_argument("--method", choices=["said", "did"], default="said")
+    d.add_argument("--lr-grid", type=float, nargs="+", default=[0.05, 0.2, 0.5])
+    d.add_argument("--full-lr-grid", type=float, nargs="+", default=[2e-5, 5e-5])
+    d.add_argument("--min-d", type=int, default=10)
+    d.add_argument("--max-d", type=int, default=100_000)
+    d.add_argument("--sweep-points", type=int, default=5, help="log-spaced d before bisection")
+    d.add_argument("--tolerance", type=float, default=0.25, help="stop when hi/lo <= 1 + this")
+    d.add_argument("--budget-steps", type=int, default=200, help="training steps per run")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--max-length", type=int, default=128)
+    d.add_argument("--metric", choices=["accuracy", "f1", "mcc"], default="accuracy")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    d.add_argument("--out", default="d90-out", help="output folder (resumed if it holds a search)")
+    d.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     s = sub.add_parser("serve", help="run the API (and, on embedded defaults, a worker)")
     s.add_argument("--host", default="127.0.0.1")
@@ -107,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": _train,
             "predict": _predict,
             "inspect": _inspect,
+            "d90": _d90,
             "migrate": _migrate,
             "keys": _keys,
             "serve": _serve,
@@ -164,6 +185,43 @@ def _train(args: argparse.Namespace) -> int:
         size = outcome.artifact.save(args.out)
         summary.update(dim=args.dim, bytes=size, task_digest=outcome.artifact.digest, out=args.out)
     print(json.dumps(summary))
+    return 0
+
+
+def _d90(args: argparse.Namespace) -> int:
+    from app.d90 import D90Setup, run_d90
+    from app.engine.data import ColumnSpec, read_table
+    from app.engine.intrinsic import D90Plan
+
+    if args.budget_steps < 1 or args.sweep_points < 1 or args.tolerance <= 0:
+        print("kilotask: error: --budget-steps, --sweep-points and --tolerance must be positive",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    columns = ColumnSpec(args.text_column, args.text_pair_column, args.label_column)
+    train_data = read_table(args.train, columns)
+    eval_data = read_table(args.eval, train_data.columns)
+    setup = D90Setup(
+        args.model, args.budget_steps, args.batch_size, args.max_length, args.metric, args.seed
+    )
+    plan = D90Plan(
+        method=args.method,
+        min_d=args.min_d,
+        max_d=args.max_d,
+        sweep_points=args.sweep_points,
+        tolerance=args.tolerance,
+        lr_grid=tuple(args.lr_grid),
+        full_lr_grid=tuple(args.full_lr_grid),
+    )
+
+    def log(kind: str, data: dict) -> None:
+        if not args.quiet:
+            print(json.dumps({"event": kind} | data), file=sys.stderr, flush=True)
+
+    result = run_d90(
+        setup, plan, train_data, eval_data, args.out, _device(args.device), on_event=log
+    )
+    print(json.dumps({"d90": result.d90, "bracket": result.bracket, "full": result.full_metric,
+                      "bar": result.bar, "out": args.out}))  # fmt: skip
     return 0
 
 

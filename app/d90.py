@@ -1,0 +1,179 @@
+"""A d90 search on real data with its files: what `kilotask d90` and the worker both run.
+
+Everything lands in one folder: `state.json` (every finished run's metric, written after each
+run, so a killed search resumes without redoing them), `runs/` (each run's task file),
+`results.json`, `points.csv`, `curve.png` and `curve.svg` (metric against d with the 90 % line,
+like the paper's Figure 1) and `d90-task.safetensors` (the smallest passing task).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from app.engine.data import LabelledText
+from app.engine.errors import EngineError, SubspaceConfigError
+from app.engine.intrinsic import D90Plan, D90Result, search_d90
+from app.engine.pipeline import TrainRequest, train_task
+from app.engine.trainer import TrainCallbacks, TrainConfig
+
+STATE = "state.json"
+
+
+class SearchMismatchError(EngineError):
+    """The output folder holds a search with other settings: resuming it would mix results."""
+
+
+@dataclass(frozen=True)
+class D90Setup:
+    """What fixes every run's result, besides d and the learning rate."""
+
+    model: str
+    budget_steps: int
+    batch_size: int = 32
+    max_length: int = 128
+    metric: str = "accuracy"  # accuracy, f1 or mcc (CoLA)
+    seed: int = 0
+
+    def fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
+        h = hashlib.sha256(json.dumps([asdict(self), asdict(plan)], sort_keys=True).encode())
+        for data in (train, eval_):
+            h.update(json.dumps([data.texts, data.text_pairs, data.labels]).encode())
+        return h.hexdigest()
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)  # atomic: a kill never leaves half a state file
+
+
+def load_state(out: Path, fingerprint: str) -> dict[str, float]:
+    path = out / STATE
+    if not path.exists():
+        return {}
+    state = json.loads(path.read_text())
+    if state.get("fingerprint") != fingerprint:
+        raise SearchMismatchError(
+            f"{out} holds a d90 search with other settings or data; "
+            "use another --out folder (or delete it to start over)"
+        )
+    return dict(state["runs"])
+
+
+def run_d90(
+    setup: D90Setup,
+    plan: D90Plan,
+    train: LabelledText,
+    eval_: LabelledText,
+    out: str | os.PathLike,
+    device: str = "cpu",
+    callbacks: TrainCallbacks | None = None,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> D90Result:
+    """Search d90, resuming from `out` if it holds an unfinished search with the same setup."""
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    plan = feasible(plan, setup, train)
+    fingerprint = setup.fingerprint(plan, train, eval_)
+    done = load_state(out, fingerprint)
+    emit = on_event or (lambda kind, data: None)
+
+    def run(kind: str, d: int, lr: float) -> float:
+        config = TrainConfig(
+            method=kind,
+            max_steps=setup.budget_steps,
+            learning_rate=lr,
+            batch_size=setup.batch_size,
+            metric=setup.metric,
+            eval_every=setup.budget_steps,
+        )
+        req = TrainRequest(
+            setup.model, train, eval_, max(d, 1), setup.seed, setup.max_length, config=config
+        )
+        emit("run_started", {"kind": kind, "d": d, "lr": lr})
+        outcome = train_task(req, callbacks, device=device)
+        value = outcome.metrics[setup.metric]
+        if outcome.artifact is not None:
+            outcome.artifact.save(out / "runs" / _task_name(kind, d, lr))
+        return value
+
+    def on_result(key: str, value: float) -> None:
+        done[key] = value
+        _write_json(out / STATE, {"fingerprint": fingerprint, "runs": done})
+        emit("run_finished", {"run": key, setup.metric: value})
+
+    def on_point(result: D90Result) -> None:
+        emit("point", asdict(result.points[-1]) | {"bar": result.bar})
+
+    result = search_d90(plan, run, done, on_result, on_point)
+    write_outputs(out, setup, result, done)
+    emit("finished", {"d90": result.d90, "bracket": result.bracket})
+    return result
+
+
+def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
+    """SAID spends m of d on per-tensor scales, so its d starts above m; max_d stays below D."""
+    from app.engine.base import load_base
+    from app.engine.data import label_names_from
+
+    base = load_base(setup.model, len(label_names_from(train.labels or [])), setup.seed)
+    m = len(list(base.model.parameters()))
+    low = m + 1 if plan.method == "said" else 1
+    high = min(plan.max_d, base.num_parameters)
+    if low >= high:
+        raise SubspaceConfigError(
+            f"no d to search for {plan.method}: the range [{low}, {high}] is empty"
+            + (f" (SAID needs d > {m}, one λ per tensor)" if plan.method == "said" else "")
+        )
+    return replace(plan, min_d=max(plan.min_d, low), max_d=high)
+
+
+def _task_name(kind: str, d: int, lr: float) -> str:
+    return f"{kind}-d{d}-lr{lr:g}.safetensors"
+
+
+def write_outputs(out: Path, setup: D90Setup, result: D90Result, runs: dict[str, float]) -> None:
+    _write_json(out / "results.json", {"setup": asdict(setup)} | result.to_dict())
+    with open(out / "points.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["kind", "d", "lr", setup.metric])
+        for key, value in runs.items():
+            kind, d, lr = key.split(":")
+            writer.writerow([kind, d.removeprefix("d="), lr.removeprefix("lr="), f"{value:.6f}"])
+    if result.d90 is not None:
+        best = next(p for p in result.points if p.d == result.d90)
+        source = out / "runs" / _task_name(result.plan["method"], best.d, best.lr)
+        if source.exists():
+            shutil.copyfile(source, out / "d90-task.safetensors")
+    plot_curve(result, setup.metric, out / "curve")
+
+
+def plot_curve(result: D90Result, metric: str, stem: Path) -> None:
+    """metric vs d (log scale), the full fine-tuning level and the 90 % bar: PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(result.points, key=lambda p: p.d)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p.d for p in points], [p.metric for p in points], "o-", label=result.plan["method"])
+    ax.axhline(result.full_metric, color="grey", linestyle="--", label="full fine-tuning")
+    ax.axhline(result.bar, color="red", linestyle=":", label=f"{result.plan['threshold']:.0%} bar")
+    if result.d90 is not None:
+        ax.axvline(result.d90, color="green", alpha=0.5, label=f"d90 = {result.d90}")
+    ax.set_xscale("log")
+    ax.set_xlabel("subspace dimension d")
+    ax.set_ylabel(metric)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    for suffix in (".png", ".svg"):
+        fig.savefig(stem.with_suffix(suffix), dpi=120)
+    plt.close(fig)

@@ -1,0 +1,93 @@
+"""A tiny d90 search end to end (tiny BERT, tiny data): the files it writes, a resume after a
+kill that redoes no finished run, and refusal to mix settings in one folder."""
+
+import json
+
+import pytest
+
+from app.cli import main
+from app.d90 import D90Setup, SearchMismatchError, run_d90
+from app.engine.artifact import TaskArtifact
+from app.engine.data import read_table
+from app.engine.intrinsic import D90Plan
+from tests.factories import sentiment_rows, write_tsv
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return (
+        write_tsv(tmp_path / "train.tsv", sentiment_rows(64, 0)),
+        write_tsv(tmp_path / "dev.tsv", sentiment_rows(32, 1)),
+    )
+
+
+def cli_args(tiny_bert, data, out, *extra):
+    train, dev = data
+    return [
+        "d90", "--model", str(tiny_bert), "--train", str(train), "--eval", str(dev),
+        "--budget-steps", "4", "--batch-size", "16", "--max-length", "16", "--min-d", "10",
+        "--max-d", "3000", "--sweep-points", "3", "--lr-grid", "0.2", "0.5",
+        "--full-lr-grid", "1e-3", "--out", str(out), "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def test_d90_cli_writes_results_csv_plot_and_task(tiny_bert, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(cli_args(tiny_bert, data, out)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    assert results["finished"] and summary["d90"] == results["d90"]
+    assert results["bar"] == pytest.approx(0.9 * results["full_metric"])
+    m = results["plan"]["min_d"] - 1  # SAID's range starts above its number of scales
+    assert results["plan"]["min_d"] > 10 and m > 0
+    runs = json.loads((out / "state.json").read_text())["runs"]
+    rows = (out / "points.csv").read_text().splitlines()
+    assert rows[0] == "kind,d,lr,accuracy" and len(rows) == 1 + len(runs)
+    assert len(runs) == 1 + 2 * len(results["points"])  # full once, then 2 learning rates per d
+    for point in results["points"]:
+        assert point["passed"] == (point["metric"] >= results["bar"])
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (out / "curve.svg").read_text()
+    if results["d90"] is not None:
+        task = TaskArtifact.load(out / "d90-task.safetensors")
+        assert task.dim == results["d90"] and task.method == "said"
+
+
+def test_killed_search_resumes_without_redoing_runs(tiny_bert, data, tmp_path):
+    train = read_table(data[0])
+    dev = read_table(data[1], train.columns)
+    setup = D90Setup(str(tiny_bert), budget_steps=4, batch_size=16, max_length=16)
+    plan = D90Plan(min_d=10, max_d=3000, sweep_points=3, lr_grid=(0.2, 0.5), full_lr_grid=(1e-3,))
+    out = tmp_path / "out"
+
+    class Killed(Exception):
+        pass
+
+    finished = []
+
+    def dies_after_three(kind, data):
+        if kind == "run_finished":
+            finished.append(data["run"])
+            if len(finished) == 3:
+                raise Killed
+
+    with pytest.raises(Killed):
+        run_d90(setup, plan, train, dev, out, on_event=dies_after_three)
+    assert len(json.loads((out / "state.json").read_text())["runs"]) == 3
+    started = []
+    result = run_d90(
+        setup, plan, train, dev, out, on_event=lambda k, d: k == "run_started" and started.append(d)
+    )
+    redone = {f"{s['kind']}:d={s['d']}:lr={s['lr']:g}" for s in started} & set(finished)
+    assert not redone and result.finished
+    assert len(json.loads((out / "state.json").read_text())["runs"]) == 3 + len(started)
+
+    with pytest.raises(SearchMismatchError):  # same folder, other settings
+        run_d90(D90Setup(str(tiny_bert), budget_steps=5), plan, train, dev, out)
+
+
+def test_d90_cli_rejects_bad_arguments(tiny_bert, data, tmp_path, capsys):
+    assert main(cli_args(tiny_bert, data, tmp_path / "a", "--budget-steps", "0")) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert main(cli_args(tiny_bert, data, tmp_path / "b", "--max-d", "20")) == 2
+    assert "SAID needs d >" in capsys.readouterr().err
