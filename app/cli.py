@@ -215,7 +215,8 @@ def _d90(args: argparse.Namespace) -> int:
 
     def log(kind: str, data: dict) -> None:
         if not args.quiet:
-            print(json.dumps({"event": kind} | data), file=sys.stderr, flush=True)
+            shown = {k: v for k, v in data.items() if k != "partial"}
+            print(json.dumps({"event": kind} | shown), file=sys.stderr, flush=True)
 
     result = run_d90(
         setup, plan, train_data, eval_data, args.out, _device(args.device), on_event=log

@@ -110,7 +110,7 @@ def run_d90(
         emit("run_finished", {"run": key, setup.metric: value})
 
     def on_point(result: D90Result) -> None:
-        emit("point", asdict(result.points[-1]) | {"bar": result.bar})
+        emit("point", asdict(result.points[-1]) | {"partial": result.to_dict()})
 
     result = search_d90(plan, run, done, on_result, on_point)
     write_outputs(out, setup, result, done)
@@ -155,25 +155,45 @@ def write_outputs(out: Path, setup: D90Setup, result: D90Result, runs: dict[str,
     plot_curve(result, setup.metric, out / "curve")
 
 
-def plot_curve(result: D90Result, metric: str, stem: Path) -> None:
-    """metric vs d (log scale), the full fine-tuning level and the 90 % bar: PNG and SVG."""
+def curve_figure(results: dict, metric: str):
+    """The curve as a matplotlib figure from a results dict (D90Result.to_dict(), possibly
+    partial): metric vs d (log scale), the full fine-tuning level and the bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(result.points, key=lambda p: p.d)
+    points = sorted(results.get("points", []), key=lambda p: p["d"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p.d for p in points], [p.metric for p in points], "o-", label=result.plan["method"])
-    ax.axhline(result.full_metric, color="grey", linestyle="--", label="full fine-tuning")
-    ax.axhline(result.bar, color="red", linestyle=":", label=f"{result.plan['threshold']:.0%} bar")
-    if result.d90 is not None:
-        ax.axvline(result.d90, color="green", alpha=0.5, label=f"d90 = {result.d90}")
+    method = results.get("plan", {}).get("method", "subspace")
+    ax.plot([p["d"] for p in points], [p["metric"] for p in points], "o-", label=method)
+    if results.get("full_metric") is not None:
+        ax.axhline(results["full_metric"], color="grey", linestyle="--", label="full fine-tuning")
+        share = results.get("plan", {}).get("threshold", 0.9)
+        ax.axhline(results["bar"], color="red", linestyle=":", label=f"{share:.0%} bar")
+    if results.get("d90") is not None:
+        ax.axvline(results["d90"], color="green", alpha=0.5, label=f"d90 = {results['d90']}")
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d")
     ax.set_ylabel(metric)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    for suffix in (".png", ".svg"):
-        fig.savefig(stem.with_suffix(suffix), dpi=120)
+    return fig
+
+
+def curve_bytes(results: dict, metric: str, fmt: str = "png") -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = curve_figure(results, metric)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=120)
     plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_curve(result: D90Result, metric: str, stem: Path) -> None:
+    """PNG and SVG of the curve, like the paper's Figure 1."""
+    for fmt in ("png", "svg"):
+        stem.with_suffix(f".{fmt}").write_bytes(curve_bytes(result.to_dict(), metric, fmt))

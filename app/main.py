@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.routes import datasets, health, infer, jobs, metrics, models, tasks
+from app.api.routes import datasets, health, infer, intrinsic, jobs, metrics, models, tasks
 from app.config import Settings, get_settings
 
 
@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.dependency_overrides[get_settings] = lambda: settings
     errors.install(app)
     metrics.install(app, settings or get_settings())
-    for module in (health, models, datasets, jobs, tasks, infer):
+    for module in (health, models, datasets, jobs, intrinsic, tasks, infer):
         app.include_router(module.router)
     return app
 

@@ -28,6 +28,7 @@ from app.jobs import FINISHED, add_event
 from app.queue import TRAIN_TASK
 from app.task_records import row_from_artifact
 from workers.celery_app import app
+from workers.d90 import run_d90_job
 
 log = logging.getLogger("kilotask.worker")
 
@@ -107,6 +108,8 @@ def run_job(job_id: str, device: str = "cpu") -> str:
         )
         session.commit()
 
+        if job.kind == "d90":
+            return _run_search(session, job, device)
         hp = dict(job.hyperparameters)
         storage_dtype = hp.pop("storage_dtype", "float32")
         max_length = hp.pop("max_length", 128)
@@ -141,15 +144,36 @@ def run_job(job_id: str, device: str = "cpu") -> str:
                 raise
         job.metrics = {f"eval_{k}": v for k, v in outcome.metrics.items()}
         if outcome.artifact is not None:
-            _store_task(session, job, outcome.artifact)
+            _store_task(session, job, outcome.artifact.with_metrics(job.metrics))
         _finish(session, job, "succeeded")
         return "succeeded"
+
+
+def _run_search(session: Session, job: Job, device: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        reporter = JobReporter(session, job, Path(tmp) / "unused.ckpt")
+        try:
+            artifact = run_d90_job(session, job, reporter, _labelled, device)
+        except TrainingCancelled:
+            _finish(session, job, "cancelled")
+            return "cancelled"
+        except EngineError as exc:
+            _finish(session, job, "failed", exc.code, str(exc))
+            return "failed"
+        except Exception as exc:
+            session.rollback()
+            _finish(session, job, "failed", "internal_error", f"{type(exc).__name__}: {exc}")
+            raise
+    if artifact is not None:
+        _store_task(session, job, artifact)
+    _finish(session, job, "succeeded")
+    return "succeeded"
 
 
 def _store_task(session: Session, job: Job, artifact) -> None:
     existing = session.scalar(select(Task).where(Task.job_id == job.id))
     if existing is None:
-        row = row_from_artifact(artifact.with_metrics(job.metrics), job.tenant_id, job.id)
+        row = row_from_artifact(artifact, job.tenant_id, job.id)
         session.add(row)
         try:
             session.flush()

@@ -56,6 +56,7 @@ class JobError(BaseModel):
 
 class JobPublic(BaseModel):
     id: str
+    kind: Literal["train", "d90"] = "train"
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model: str
     method: str
@@ -77,6 +78,7 @@ class JobPublic(BaseModel):
     def of(cls, job) -> JobPublic:
         return cls(
             id=job.id,
+            kind=job.kind,
             status=job.status,
             model=job.model,
             method=job.method,

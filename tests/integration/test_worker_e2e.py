@@ -26,6 +26,7 @@ from app.main import create_app
 from app.task_records import artifact_from_row
 from tests.factories import sentiment_rows, write_tsv
 from tests.integration.conftest import new_key
+from tests.integration.test_d90_api import search_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS_URL = os.environ.get("KILOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -285,3 +286,27 @@ def test_sst2_subset_on_minilm_end_to_end(stack, glue_dir, tmp_path):
     dev.texts, dev.labels = dev.texts[:48], dev.labels[:48]
     pred = predict_task(TaskArtifact.from_bytes(blob), dev)
     assert pred.metrics["accuracy"] == done["metrics"]["eval_accuracy"]
+
+
+def test_search_runs_on_a_worker_and_stores_its_task(stack, tiny_bert, tmp_path):
+    settings, client, start_worker = stack
+    auth = new_key(settings)
+    ds = upload(client, auth, tmp_path, 64)
+    start_worker()
+    r = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, ds), headers=auth)
+    assert r.status_code == 202, r.text
+    done = wait_for(client, auth, r.json()["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done
+    results = client.get(f"/v1/intrinsic-dimension/{done['id']}", headers=auth).json()["results"]
+    assert results["finished"] and results["points"]
+    assert results["bar"] == pytest.approx(0.9 * results["full_metric"])
+    events = client.get(f"/v1/jobs/{done['id']}/events", headers=auth).json()["data"]
+    steps = [e["data"]["event"] for e in events if e["type"] == "d90"]
+    assert steps.count("run_finished") == 1 + len(results["points"]) and steps[-1] == "finished"
+    png = client.get(f"/v1/intrinsic-dimension/{done['id']}/curve.png", headers=auth)
+    assert png.content[:4] == b"\x89PNG"
+    if results["d90"] is None:
+        assert done["task_id"] is None
+    else:
+        blob = client.get(f"/v1/tasks/{done['task_id']}/vector", headers=auth).content
+        assert TaskArtifact.from_bytes(blob).dim == results["d90"]

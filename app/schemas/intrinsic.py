@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.jobs import MAX_SEED, JobPublic
+
+
+class D90Create(BaseModel):
+    """A d90 search: full fine-tuning for the bar, then a log sweep and bisection over d."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="base model id; default: the server's")
+    train_dataset: str
+    eval_dataset: str
+    method: Literal["said", "did"] = "said"
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    min_d: int = Field(10, ge=1)
+    max_d: int = Field(100_000, ge=2)
+    sweep_points: int = Field(5, ge=2, le=50)
+    tolerance: float = Field(0.25, gt=0, le=10)
+    threshold: float = Field(0.9, gt=0, le=1)
+    lr_grid: list[float] = Field([0.05, 0.2, 0.5], min_length=1, max_length=10)
+    full_lr_grid: list[float] = Field([2e-5, 5e-5], min_length=1, max_length=10)
+    budget_steps: int = Field(200, ge=1, le=1_000_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_length: int = Field(128, ge=8, le=4096)
+    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+
+    @model_validator(mode="after")
+    def _range(self) -> D90Create:
+        if self.min_d >= self.max_d:
+            raise ValueError("min_d must be smaller than max_d")
+        if any(lr <= 0 or lr > 10 for lr in self.lr_grid + self.full_lr_grid):
+            raise ValueError("learning rates must be in (0, 10]")
+        return self
+
+
+class D90Public(JobPublic):
+    """The job, plus the search so far: `results` fills in point by point (d, metric, lr,
+    passed), then gains d90 and the bracket when the search finishes."""
+
+    results: dict
+
+    @classmethod
+    def of(cls, job) -> D90Public:
+        return cls(**JobPublic.of(job).model_dump(), results=job.metrics or {})

@@ -1,0 +1,56 @@
+"""d90 searches over REST without a worker: validation, reads, tenancy. The search itself runs
+on a real worker in test_worker_e2e."""
+
+import pytest
+
+from tests.integration.conftest import new_key
+from tests.integration.test_jobs_api import body, dataset  # noqa: F401  (fixture)
+
+
+def search_body(model, ds, **kw):
+    return {
+        "model": str(model), "train_dataset": ds, "eval_dataset": ds, "method": "said",
+        "min_d": 10, "max_d": 3000, "sweep_points": 3, "lr_grid": [0.3],
+        "full_lr_grid": [1e-3], "budget_steps": 4, "batch_size": 16, "max_length": 16, **kw,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"min_d": 500, "max_d": 400}, "min_d must be smaller"),
+        ({"lr_grid": [0]}, "learning rates"),
+        ({"method": "full"}, "said"),
+        ({"max_d": 20}, "no d to search"),
+        ({"eval_dataset": "dataset_nope"}, "not found"),
+    ],
+)
+def test_bad_searches_are_4xx_and_store_nothing(client, auth, dataset, tiny_bert, change, fragment):  # noqa: F811
+    before = client.get("/v1/jobs", headers=auth).json()["total"]
+    r = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset, **change),
+                    headers=auth)  # fmt: skip
+    assert r.status_code in (404, 422) and fragment in r.text, r.text
+    assert client.get("/v1/jobs", headers=auth).json()["total"] == before
+
+
+def test_queued_search_reads_and_is_not_a_training_job(client, auth, dataset, tiny_bert):  # noqa: F811
+    r = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset), headers=auth)
+    assert r.status_code == 202, r.text
+    search = r.json()
+    assert search["kind"] == "d90" and search["status"] == "queued" and search["results"] == {}
+    read = client.get(f"/v1/intrinsic-dimension/{search['id']}", headers=auth)
+    assert read.status_code == 200 and read.json()["id"] == search["id"]
+    png = client.get(f"/v1/intrinsic-dimension/{search['id']}/curve.png", headers=auth)
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    other = new_key_for(client)
+    assert client.get(f"/v1/intrinsic-dimension/{search['id']}", headers=other).status_code == 404
+    train = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=auth).json()
+    r = client.get(f"/v1/intrinsic-dimension/{train['id']}", headers=auth)
+    assert r.status_code == 404 and "training job" in r.text
+
+
+def new_key_for(client):
+    from app.config import get_settings
+
+    settings = client.app.dependency_overrides.get(get_settings, get_settings)()
+    return new_key(settings)
