@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, utcnow
 from app.db.repo import get_dataset, get_owned
-from app.errors import IdempotencyMismatchError, InvalidStateError
+from app.errors import IdempotencyMismatchError, InvalidStateError, ServiceBusyError
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -46,6 +46,20 @@ def create_job(session: Session, tenant_id: str, fields: dict, key: str | None, 
     add_event(session, job.id, "status", status="queued")
     session.commit()
     return job
+
+
+def enqueue_or_fail(session: Session, settings, job: Job) -> None:
+    """Queue `job` for the workers; if the broker is down, mark it failed (it must not sit
+    queued forever) and raise ServiceBusyError (503)."""
+    from app.queue import enqueue_train
+
+    try:
+        enqueue_train(settings, job.id)
+    except Exception as exc:
+        job.status, job.error_code = "failed", "broker_unavailable"
+        job.error_message = f"could not queue the job: {type(exc).__name__}"
+        session.commit()
+        raise ServiceBusyError("the job queue is unreachable; try again shortly") from exc
 
 
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:

@@ -75,3 +75,13 @@ def new_key(settings: Settings, tenant: str | None = None) -> dict[str, str]:
 @pytest.fixture()
 def auth(settings) -> dict[str, str]:
     return new_key(settings)
+
+
+@pytest.fixture()
+def dataset(client, auth) -> str:
+    """A small labelled dataset uploaded by `auth`'s tenant; returns its id."""
+    from tests.factories import sentiment_rows
+    from tests.integration.test_api_basics import tsv
+
+    files = {"file": ("d.tsv", tsv(sentiment_rows(20)), "text/plain")}
+    return client.post("/v1/datasets", files=files, headers=auth).json()["id"]

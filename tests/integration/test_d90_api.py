@@ -4,7 +4,7 @@ on a real worker in test_worker_e2e."""
 import pytest
 
 from tests.integration.conftest import new_key
-from tests.integration.test_jobs_api import body, dataset  # noqa: F401  (fixture)
+from tests.integration.test_jobs_api import body
 
 
 def search_body(model, ds, **kw):
@@ -25,7 +25,7 @@ def search_body(model, ds, **kw):
         ({"eval_dataset": "dataset_nope"}, "not found"),
     ],
 )
-def test_bad_searches_are_4xx_and_store_nothing(client, auth, dataset, tiny_bert, change, fragment):  # noqa: F811
+def test_bad_searches_are_4xx_and_store_nothing(client, auth, dataset, tiny_bert, change, fragment):
     before = client.get("/v1/jobs", headers=auth).json()["total"]
     r = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset, **change),
                     headers=auth)  # fmt: skip
@@ -33,7 +33,7 @@ def test_bad_searches_are_4xx_and_store_nothing(client, auth, dataset, tiny_bert
     assert client.get("/v1/jobs", headers=auth).json()["total"] == before
 
 
-def test_queued_search_reads_and_is_not_a_training_job(client, auth, dataset, tiny_bert):  # noqa: F811
+def test_queued_search_reads_and_is_not_a_training_job(client, auth, dataset, tiny_bert):
     r = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset), headers=auth)
     assert r.status_code == 202, r.text
     search = r.json()
@@ -54,3 +54,23 @@ def new_key_for(client):
 
     settings = client.app.dependency_overrides.get(get_settings, get_settings)()
     return new_key(settings)
+
+
+def test_unreachable_broker_is_503_and_the_search_is_marked_failed(
+    settings,
+    auth,
+    dataset,
+    tiny_bert,
+):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    down = TestClient(
+        create_app(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    )
+    r = down.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset), headers=auth)
+    assert r.status_code == 503 and "queue is unreachable" in r.text, r.text
+    latest = down.get("/v1/jobs?limit=1", headers=auth).json()["data"][0]
+    assert latest["kind"] == "d90" and latest["status"] == "failed"
+    assert latest["error"]["code"] == "broker_unavailable"

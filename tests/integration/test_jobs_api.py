@@ -5,15 +5,8 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import load_base
-from tests.factories import make_task, sentiment_rows
+from tests.factories import make_task
 from tests.integration.conftest import new_key
-from tests.integration.test_api_basics import tsv
-
-
-@pytest.fixture()
-def dataset(client, auth) -> str:
-    files = {"file": ("d.tsv", tsv(sentiment_rows(20)), "text/plain")}
-    return client.post("/v1/datasets", files=files, headers=auth).json()["id"]
 
 
 def body(model, ds, **kw):

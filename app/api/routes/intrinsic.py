@@ -12,9 +12,8 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.routes.models import model_info
 from app.db.models import Job
 from app.db.repo import get_owned
-from app.errors import InvalidInputError, NotFoundError, ServiceBusyError
-from app.jobs import create_job, find_idempotent, request_hash
-from app.queue import enqueue_train
+from app.errors import InvalidInputError, NotFoundError
+from app.jobs import create_job, enqueue_or_fail, find_idempotent, request_hash
 from app.schemas.intrinsic import D90Create, D90Public
 
 router = APIRouter(prefix="/v1/intrinsic-dimension", tags=["intrinsic dimension"])
@@ -57,13 +56,7 @@ async def submit_search(
         hyperparameters=search,
     )
     job = create_job(session, tenant_id, fields, idempotency_key, digest)
-    try:
-        enqueue_train(settings, job.id)
-    except Exception as exc:  # broker down: the job must not sit queued forever
-        job.status, job.error_code = "failed", "broker_unavailable"
-        job.error_message = f"could not queue the job: {type(exc).__name__}"
-        session.commit()
-        raise ServiceBusyError("the job queue is unreachable; try again shortly") from exc
+    enqueue_or_fail(session, settings, job)
     return JSONResponse(D90Public.of(job).model_dump(mode="json"), 202)
 
 

@@ -13,9 +13,8 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.routes.models import model_info
 from app.db.models import Job, JobEvent
 from app.db.repo import get_owned
-from app.errors import InvalidInputError, ServiceBusyError
-from app.jobs import cancel_job, create_job, find_idempotent, page, request_hash
-from app.queue import enqueue_train
+from app.errors import InvalidInputError
+from app.jobs import cancel_job, create_job, enqueue_or_fail, find_idempotent, page, request_hash
 from app.schemas.jobs import JobCreate, JobEventPublic, JobEventsPage, JobPublic, JobsPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,13 +58,7 @@ async def submit_job(
         hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
     )
     job = create_job(session, tenant_id, fields, idempotency_key, digest)
-    try:
-        enqueue_train(settings, job.id)
-    except Exception as exc:  # broker down: the job must not sit queued forever
-        job.status, job.error_code = "failed", "broker_unavailable"
-        job.error_message = f"could not queue the job: {type(exc).__name__}"
-        session.commit()
-        raise ServiceBusyError("the job queue is unreachable; try again shortly") from exc
+    enqueue_or_fail(session, settings, job)
     return JSONResponse(JobPublic.of(job).model_dump(mode="json"), 202)
 
 
