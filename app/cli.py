@@ -19,6 +19,12 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", help="text column (default: auto-detect, e.g. 'sentence')")
     p.add_argument("--text-pair-column", help="second text column for sentence pairs")
     p.add_argument("--label-column", help="label column (default: auto-detect, e.g. 'label')")
+    p.add_argument(
+        "--columns",
+        type=lambda v: [name.strip() for name in v.split(",")],
+        help="names for the columns of a headerless .tsv/.csv, in order (e.g. GLUE CoLA: "
+        "source,label,original,sentence)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,8 +161,8 @@ def _train(args: argparse.Namespace) -> int:
     from app.engine.trainer import TrainConfig
 
     columns = ColumnSpec(args.text_column, args.text_pair_column, args.label_column)
-    train_data = read_table(args.train, columns)
-    eval_data = read_table(args.eval, train_data.columns) if args.eval else None
+    train_data = read_table(args.train, columns, names=args.columns)
+    eval_data = read_table(args.eval, train_data.columns, names=args.columns) if args.eval else None
     config = TrainConfig(
         method=args.method,
         epochs=args.epochs,
@@ -198,8 +204,8 @@ def _d90(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     columns = ColumnSpec(args.text_column, args.text_pair_column, args.label_column)
-    train_data = read_table(args.train, columns)
-    eval_data = read_table(args.eval, train_data.columns)
+    train_data = read_table(args.train, columns, names=args.columns)
+    eval_data = read_table(args.eval, train_data.columns, names=args.columns)
     setup = D90Setup(
         args.model, args.budget_steps, args.batch_size, args.max_length, args.metric, args.seed
     )
@@ -248,7 +254,9 @@ def _predict(args: argparse.Namespace) -> int:
     columns = ColumnSpec(
         args.text_column or text_col, args.text_pair_column or pair_col, args.label_column
     )
-    data = read_table(args.input, columns, require_labels=args.label_column is not None)
+    data = read_table(
+        args.input, columns, require_labels=args.label_column is not None, names=args.columns
+    )
     if args.server:
         scores = client.infer(args.task, data.texts, data.text_pairs, args.batch_size)
         predicted = [labels[max(range(len(row)), key=row.__getitem__)] for row in scores]

@@ -29,7 +29,10 @@ PAIR_CANDIDATES = (
 DELIMITERS = {".tsv": "\t", ".csv": ","}
 JSON_SUFFIXES = (".jsonl", ".json")
 _MISSING = object()
-_NO_HEADER = "the file seems to have no header row; its first row must name every column."
+_NO_HEADER = (
+    "the file seems to have no header row; its first row must name every column "
+    "(or name the columns yourself: kilotask --columns a,b,c)."
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,9 @@ def _decode(path: Path) -> str:
         raise DataFormatError(f"{path.name}: line {line} is not valid UTF-8.") from None
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[Row]]:
+def _read_delimited(
+    path: Path, text: str, delimiter: str, names: Sequence[str] | None = None
+) -> tuple[list[str], list[Row]]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     try:  # line_num after a row is that row's (last) line
@@ -75,6 +80,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], l
         rows.pop()  # trailing empty lines
     if not rows:
         raise DataFormatError(f"{path.name}: the file is empty; it needs a header row and data.")
+    if names is not None:  # a headerless file: the caller names its columns
+        rows = [(0, list(names))] + rows
     header = rows[0][1]
     for i, name in enumerate(header):
         why = "an empty name" if not name else "a duplicated name" if name in header[:i] else ""
@@ -163,12 +170,16 @@ def _cell(name: str, line: int, column: str, value: Any) -> str:
 
 
 def read_table(
-    path: str | os.PathLike, columns: ColumnSpec = ColumnSpec(), require_labels: bool = True
+    path: str | os.PathLike,
+    columns: ColumnSpec = ColumnSpec(),
+    require_labels: bool = True,
+    names: Sequence[str] | None = None,
 ) -> LabelledText:
     """Read a labelled table (.tsv, .csv with a header row; .jsonl/.json, one object per line).
 
     Columns left as None in `columns` are auto-detected. With `require_labels=False` a table
-    without a label column is accepted (labels=None), e.g. for prediction input.
+    without a label column is accepted (labels=None), e.g. for prediction input. `names` reads
+    a .tsv/.csv that has no header row (GLUE's CoLA): its columns get these names, in order.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -177,8 +188,10 @@ def read_table(
             f"{path.name}: unsupported file type {suffix!r}; use .tsv, .csv, .jsonl or .json."
         )
     text = _decode(path)
+    if names is not None and suffix not in DELIMITERS:
+        raise DataFormatError(f"{path.name}: column names apply to .tsv/.csv files only.")
     if suffix in DELIMITERS:
-        header, rows = _read_delimited(path, text, DELIMITERS[suffix])
+        header, rows = _read_delimited(path, text, DELIMITERS[suffix], names)
     else:
         header, rows = _read_jsonl(path, text)
     if not rows:

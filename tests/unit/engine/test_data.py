@@ -162,6 +162,25 @@ def test_headerless_rejected(tmp_path, content, columns):
         read_table(write(tmp_path, "cola.tsv", content), columns)
 
 
+def test_headerless_file_with_named_columns(tmp_path):
+    cola = write(
+        tmp_path,
+        "cola.tsv",
+        "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n"
+        "gj04\t0\t*\tThe more does Bill smoke.\n",
+    )
+    data = read_table(cola, names=["source", "label", "original", "sentence"])
+    assert data.texts[1] == "The more does Bill smoke." and data.labels == ["1", "0"]
+    assert data.columns == ColumnSpec("sentence", None, "label")
+    with pytest.raises(DataFormatError, match="line 1 has 4 fields, the header has 3"):
+        read_table(cola, names=["source", "label", "sentence"])
+    with pytest.raises(DataFormatError, match="duplicated name"):
+        read_table(cola, names=["a", "label", "a", "sentence"])
+    jsonl = write(tmp_path, "d.jsonl", '{"sentence": "x", "label": "1"}\n')
+    with pytest.raises(DataFormatError, match=".tsv/.csv files only"):
+        read_table(jsonl, names=["sentence", "label"])
+
+
 def test_wrong_field_count(tmp_path):
     path = write(tmp_path, "d.tsv", "sentence\tlabel\na\t1\nb\t0\textra\nc\t1\n")
     with pytest.raises(DataFormatError, match="line 3 has 3 fields, the header has 2"):
