@@ -227,8 +227,16 @@ def _d90(args: argparse.Namespace) -> int:
     result = run_d90(
         setup, plan, train_data, eval_data, args.out, _device(args.device), on_event=log
     )
+    if result.degenerate:
+        print(
+            f"kilotask: warning: full fine-tuning reached {result.full_metric:.4f}, so the bar "
+            f"({result.bar:.4f}) is not above always predicting the majority class "
+            f"({result.floor:.4f}): no d90 to report; raise --budget-steps or --full-lr-grid",
+            file=sys.stderr,
+        )
     print(json.dumps({"d90": result.d90, "bracket": result.bracket, "full": result.full_metric,
-                      "bar": result.bar, "out": args.out}))  # fmt: skip
+                      "bar": result.bar, "majority": result.floor,
+                      "degenerate": result.degenerate, "out": args.out}))  # fmt: skip
     return 0
 
 

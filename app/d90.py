@@ -112,10 +112,26 @@ def run_d90(
     def on_point(result: D90Result) -> None:
         emit("point", asdict(result.points[-1]) | {"partial": result.to_dict()})
 
-    result = search_d90(plan, run, done, on_result, on_point)
+    floor = majority_score(train, eval_, setup.metric)
+    result = search_d90(plan, run, done, on_result, on_point, floor)
     write_outputs(out, setup, result, done)
-    emit("finished", {"d90": result.d90, "bracket": result.bracket})
+    summary = {"d90": result.d90, "bracket": result.bracket, "degenerate": result.degenerate}
+    emit("finished", summary)
     return result
+
+
+def majority_score(train: LabelledText, eval_: LabelledText, metric: str) -> float:
+    """The metric of always predicting the training set's most frequent label on `eval_`."""
+    from collections import Counter
+
+    from app.engine.data import label_names_from
+    from app.engine.metrics import classification_metrics
+
+    names = label_names_from((train.labels or []) + (eval_.labels or []))
+    index = {name: i for i, name in enumerate(names)}
+    majority = Counter(train.labels).most_common(1)[0][0]
+    truth = [index[label] for label in eval_.labels or []]
+    return classification_metrics([index[majority]] * len(truth), truth, len(names))[metric]
 
 
 def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
@@ -171,9 +187,12 @@ def curve_figure(results: dict, metric: str):
         ax.axhline(results["full_metric"], color="grey", linestyle="--", label="full fine-tuning")
         share = results.get("plan", {}).get("threshold", 0.9)
         ax.axhline(results["bar"], color="red", linestyle=":", label=f"{share:.0%} bar")
+    if results.get("floor") is not None:
+        ax.axhline(results["floor"], color="black", alpha=0.3, label="majority class")
     if results.get("d90") is not None:
         ax.axvline(results["d90"], color="green", alpha=0.5, label=f"d90 = {results['d90']}")
-    ax.set_xscale("log")
+    if points:  # a log axis needs data (a degenerate search has none)
+        ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d")
     ax.set_ylabel(metric)
     ax.legend(loc="lower right")

@@ -52,6 +52,8 @@ class D90Result:
     points: list[DPoint] = field(default_factory=list)  # in the order they were evaluated
     d90: int | None = None  # smallest passing d seen; None when even max_d fails
     bracket: tuple[int, int] | None = None  # (largest failing d, smallest passing d)
+    floor: float | None = None  # what always predicting the majority class scores
+    degenerate: bool = False  # the bar is at or below the floor: no d can be told apart
     finished: bool = False
 
     def to_dict(self) -> dict:
@@ -71,9 +73,13 @@ def search_d90(
     done: dict[str, float] | None = None,
     on_result: Callable[[str, float], None] | None = None,
     on_point: Callable[[D90Result], None] | None = None,
+    floor: float | None = None,
 ) -> D90Result:
     """Run the search; `done` holds metrics of runs already finished (by key), `on_result` is
-    called after each new run (persist it there), `on_point` after each finished d."""
+    called after each new run (persist it there), `on_point` after each finished d. If the bar
+    is not above `floor` (the majority-class score), full fine-tuning learned too little for a
+    d90 to mean anything: the search stops there with `degenerate` set instead of reporting the
+    smallest d as d90."""
     done = dict(done or {})
 
     def metric(kind: str, d: int, lr: float) -> float:
@@ -87,6 +93,10 @@ def search_d90(
     full = {lr: metric("full", 0, lr) for lr in plan.full_lr_grid}
     full_lr = max(full, key=full.__getitem__)
     result = D90Result(asdict(plan), full[full_lr], full_lr, plan.threshold * full[full_lr])
+    result.floor = floor
+    if floor is not None and result.bar <= floor:
+        result.degenerate = result.finished = True
+        return result
 
     def evaluate(d: int) -> bool:
         scores = {lr: metric(plan.method, d, lr) for lr in plan.lr_grid}

@@ -11,7 +11,7 @@ def search_body(model, ds, **kw):
     return {
         "model": str(model), "train_dataset": ds, "eval_dataset": ds, "method": "said",
         "min_d": 10, "max_d": 3000, "sweep_points": 3, "lr_grid": [0.3],
-        "full_lr_grid": [1e-3], "budget_steps": 4, "batch_size": 16, "max_length": 16, **kw,
+        "full_lr_grid": [1e-2], "budget_steps": 16, "batch_size": 16, "max_length": 16, **kw,
     }  # fmt: skip
 
 

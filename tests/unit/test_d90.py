@@ -25,9 +25,9 @@ def cli_args(tiny_bert, data, out, *extra):
     train, dev = data
     return [
         "d90", "--model", str(tiny_bert), "--train", str(train), "--eval", str(dev),
-        "--budget-steps", "4", "--batch-size", "16", "--max-length", "16", "--min-d", "10",
+        "--budget-steps", "16", "--batch-size", "16", "--max-length", "16", "--min-d", "10",
         "--max-d", "3000", "--sweep-points", "3", "--lr-grid", "0.2", "0.5",
-        "--full-lr-grid", "1e-3", "--out", str(out), "--quiet", *extra,
+        "--full-lr-grid", "1e-2", "--out", str(out), "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -37,6 +37,7 @@ def test_d90_cli_writes_results_csv_plot_and_task(tiny_bert, data, tmp_path, cap
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] and summary["d90"] == results["d90"]
+    assert not results["degenerate"] and results["bar"] > results["floor"]  # full FT learned
     assert results["bar"] == pytest.approx(0.9 * results["full_metric"])
     m = results["plan"]["min_d"] - 1  # SAID's range starts above its number of scales
     assert results["plan"]["min_d"] > 10 and m > 0
@@ -53,11 +54,22 @@ def test_d90_cli_writes_results_csv_plot_and_task(tiny_bert, data, tmp_path, cap
         assert task.dim == results["d90"] and task.method == "said"
 
 
+def test_search_stops_when_full_fine_tuning_learned_too_little(tiny_bert, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(cli_args(tiny_bert, data, out, "--full-lr-grid", "1e-9")) == 0
+    captured = capsys.readouterr()
+    assert "majority class" in captured.err and json.loads(captured.out)["degenerate"] is True
+    results = json.loads((out / "results.json").read_text())
+    assert results["d90"] is None and results["points"] == [] and results["floor"] > 0
+    assert list(json.loads((out / "state.json").read_text())["runs"]) == ["full:d=0:lr=1e-09"]
+    assert (out / "curve.png").exists() and not (out / "d90-task.safetensors").exists()
+
+
 def test_killed_search_resumes_without_redoing_runs(tiny_bert, data, tmp_path):
     train = read_table(data[0])
     dev = read_table(data[1], train.columns)
-    setup = D90Setup(str(tiny_bert), budget_steps=4, batch_size=16, max_length=16)
-    plan = D90Plan(min_d=10, max_d=3000, sweep_points=3, lr_grid=(0.2, 0.5), full_lr_grid=(1e-3,))
+    setup = D90Setup(str(tiny_bert), budget_steps=16, batch_size=16, max_length=16)
+    plan = D90Plan(min_d=10, max_d=3000, sweep_points=3, lr_grid=(0.2, 0.5), full_lr_grid=(1e-2,))
     out = tmp_path / "out"
 
     class Killed(Exception):

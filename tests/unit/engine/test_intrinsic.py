@@ -92,3 +92,17 @@ def test_resume_skips_finished_runs_and_ends_the_same():
     assert len(saved) + len(again) == len(set(saved) | set(again))
     assert resumed.d90 == whole.d90 and resumed.bracket == whole.bracket
     assert [p.d for p in resumed.points] == [p.d for p in whole.points]
+
+
+def test_a_bar_not_above_the_majority_floor_stops_the_search():
+    plan = D90Plan(min_d=10, max_d=1000, lr_grid=(0.1,), full_lr_grid=(1e-5,))
+    calls = []
+
+    def run(kind, d, lr):
+        calls.append(kind)
+        return 0.55 if kind == "full" else 0.6
+
+    result = search_d90(plan, run, floor=0.51)  # bar 0.495 <= majority 0.51
+    assert result.degenerate and result.finished and result.d90 is None
+    assert calls == ["full"] and result.points == []
+    assert not search_d90(plan, step_metric(100), floor=0.5).degenerate
