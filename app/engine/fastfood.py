@@ -41,6 +41,23 @@ class Projection(Protocol):
     def transpose(self, y: torch.Tensor) -> torch.Tensor: ...  # (D,) -> (d,)
 
 
+def first_transform(x: torch.Tensor, b: torch.Tensor, perm: torch.Tensor, scale: float):
+    """x: (d,) -> Π H B pad_n(x) · scale: (n,), n = len(perm). O(n log n), shared by all K
+    blocks (and by every backend: only the blocks differ between them)."""
+    v = torch.zeros(perm.numel(), dtype=x.dtype, device=x.device)
+    v[: x.numel()] = x * b
+    return fwht(v)[perm] * scale
+
+
+def first_transform_adjoint(
+    w: torch.Tensor, b: torch.Tensor, perm: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """w: (n,) -> the adjoint of `first_transform` applied to w: (d,), d = len(b)."""
+    h = torch.empty_like(w)
+    h[perm] = w  # adjoint of the gather u = h[perm]
+    return fwht(h)[: b.numel()] * b * scale
+
+
 class FastfoodProjection:
     """fastfood-v1 on CPU or CUDA, in float32 (training, serving) or float64 (gradcheck).
 
@@ -76,12 +93,6 @@ class FastfoodProjection:
         """Bytes of random state held by this instance."""
         return sum(t.numel() * t.element_size() for t in (self.b, self.perm, self.g))
 
-    def _first_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (d,) -> Π H B pad_n(x) · scale: (n,). O(n log n), shared by all K blocks."""
-        v = torch.zeros(self.n, dtype=x.dtype, device=x.device)
-        v[: self.d] = x * self.b
-        return fwht(v)[self.perm] * self.scale
-
     def _chunks(self) -> range:
         """Starts of runs of blocks processed together: a run's temporaries stay in cache (and
         in the allocator's reuse range), so D-sized data is touched once, not once per step of
@@ -91,7 +102,7 @@ class FastfoodProjection:
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """x: (d,) -> P x: (D,), into `out` if given. Linear in x."""
-        u = self._first_transform(x)  # (n,)
+        u = first_transform(x, self.b, self.perm, self.scale)  # (n,)
         out = torch.empty(self.D, dtype=x.dtype, device=x.device) if out is None else out
         starts = self._chunks()
         for k0 in starts:
@@ -116,9 +127,7 @@ class FastfoodProjection:
                 part[: self.D - lo] = y[lo:]
                 part = part.view(k1 - k0, self.n)
             w += (fwht(part) * self.g[k0:k1]).sum(0)  # (n,)
-        h = torch.empty_like(w)
-        h[self.perm] = w  # adjoint of the gather u = h[perm]
-        return fwht(h)[: self.d] * self.b * self.scale
+        return first_transform_adjoint(w, self.b, self.perm, self.scale)
 
 
 class _ProjectFunction(torch.autograd.Function):

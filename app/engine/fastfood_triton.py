@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 
 from app.engine import spec
-from app.engine.fastfood import MAX_DIM, block_size
-from app.engine.fwht import fwht, hadamard_matrix
+from app.engine.fastfood import MAX_DIM, block_size, first_transform, first_transform_adjoint
+from app.engine.fwht import hadamard_matrix
 
 GROUP = 16  # blocks reduced by one program in the transpose
 
@@ -147,15 +147,9 @@ class TritonFastfoodProjection:
         kept = (self.b, self.perm, self.table, self.h_r, self.h_c, self.h_j)
         return sum(t.numel() * t.element_size() for t in kept)
 
-    def _first_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (d,) -> Π H B pad_n(x) · scale: (n,), shared by all K blocks."""
-        v = torch.zeros(self.n, dtype=torch.float32, device=x.device)
-        v[: self.d] = x * self.b
-        return (fwht(v)[self.perm] * self.scale).contiguous()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (d,) -> P x: (D,)."""
-        u = self._first_transform(x.float())
+        u = first_transform(x.float(), self.b, self.perm, self.scale).contiguous()
         if self.J == 1:
             out = torch.empty(self.D, dtype=torch.float32, device=x.device)
             limit = self.D
@@ -187,6 +181,4 @@ class TritonFastfoodProjection:
             self.k1, self.k2, R=self.R, C=self.C, GROUP=GROUP,
         )  # fmt: skip
         w = partial.sum(0)  # (n,)
-        h = torch.empty_like(w)
-        h[self.perm] = w  # adjoint of the gather u = h[perm]
-        return fwht(h)[: self.d] * self.b * self.scale
+        return first_transform_adjoint(w, self.b, self.perm, self.scale)
