@@ -154,15 +154,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _train(args: argparse.Namespace) -> int:
-    from app.cli_progress import ProgressBar
+def _read_train_eval(args: argparse.Namespace):
+    """--train and --eval (if given) with the column options; eval reads train's columns."""
     from app.engine.data import ColumnSpec, read_table
-    from app.engine.pipeline import TrainRequest, train_task
-    from app.engine.trainer import TrainConfig
 
     columns = ColumnSpec(args.text_column, args.text_pair_column, args.label_column)
     train_data = read_table(args.train, columns, names=args.columns)
-    eval_data = read_table(args.eval, train_data.columns, names=args.columns) if args.eval else None
+    if not args.eval:
+        return train_data, None
+    return train_data, read_table(args.eval, train_data.columns, names=args.columns)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.cli_progress import ProgressBar
+    from app.engine.pipeline import TrainRequest, train_task
+    from app.engine.trainer import TrainConfig
+
+    train_data, eval_data = _read_train_eval(args)
     config = TrainConfig(
         method=args.method,
         epochs=args.epochs,
@@ -196,16 +204,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _d90(args: argparse.Namespace) -> int:
     from app.d90 import D90Setup, run_d90
-    from app.engine.data import ColumnSpec, read_table
     from app.engine.intrinsic import D90Plan
 
     if args.budget_steps < 1 or args.sweep_points < 1 or args.tolerance <= 0:
         print("kilotask: error: --budget-steps, --sweep-points and --tolerance must be positive",
               file=sys.stderr)  # fmt: skip
         return 2
-    columns = ColumnSpec(args.text_column, args.text_pair_column, args.label_column)
-    train_data = read_table(args.train, columns, names=args.columns)
-    eval_data = read_table(args.eval, train_data.columns, names=args.columns)
+    train_data, eval_data = _read_train_eval(args)
     setup = D90Setup(
         args.model, args.budget_steps, args.batch_size, args.max_length, args.metric, args.seed
     )
