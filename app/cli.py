@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     d.add_argument("--out", default="d90-out", help="output folder (resumed if it holds a search)")
+    d.add_argument(
+        "--full-from",
+        metavar="DIR",
+        help="reuse the full fine-tuning runs (the bar) of the search in DIR, e.g. the SAID "
+        "search when searching DID on the same data with the same settings",
+    )
     d.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     s = sub.add_parser("serve", help="run the API (and, on embedded defaults, a worker)")
@@ -230,7 +236,14 @@ def _d90(args: argparse.Namespace) -> int:
             print(json.dumps({"event": kind} | shown), file=sys.stderr, flush=True)
 
     result = run_d90(
-        setup, plan, train_data, eval_data, args.out, _device(args.device), on_event=log
+        setup,
+        plan,
+        train_data,
+        eval_data,
+        args.out,
+        _device(args.device),
+        on_event=log,
+        full_from=args.full_from,
     )
     if result.degenerate:
         print(

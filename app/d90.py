@@ -42,10 +42,18 @@ class D90Setup:
     seed: int = 0
 
     def fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
-        h = hashlib.sha256(json.dumps([asdict(self), asdict(plan)], sort_keys=True).encode())
-        for data in (train, eval_):
-            h.update(json.dumps([data.texts, data.text_pairs, data.labels]).encode())
-        return h.hexdigest()
+        return _digest([asdict(self), asdict(plan)], train, eval_)
+
+    def bar_fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
+        """What fixes the full fine-tuning runs: the same for a SAID and a DID search."""
+        return _digest([asdict(self), list(plan.full_lr_grid)], train, eval_)
+
+
+def _digest(settings: list, train: LabelledText, eval_: LabelledText) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for data in (train, eval_):
+        h.update(json.dumps([data.texts, data.text_pairs, data.labels]).encode())
+    return h.hexdigest()
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -67,6 +75,24 @@ def load_state(out: Path, fingerprint: str) -> dict[str, float]:
     return dict(state["runs"])
 
 
+def load_bar(source: Path, bar_fingerprint: str) -> dict[str, float]:
+    """The full fine-tuning runs of the search in `source`, if it fine-tuned the same way."""
+    path = source / STATE
+    if not path.exists():
+        raise SearchMismatchError(f"--full-from: {source} holds no d90 search ({STATE} missing)")
+    state = json.loads(path.read_text())
+    if state.get("bar_fingerprint") != bar_fingerprint:
+        raise SearchMismatchError(
+            f"--full-from: {source} fine-tuned fully with other settings or data (model, "
+            "budget, batch size, max length, metric, seed, full learning rates and data must "
+            "match), or was written before bars could be shared"
+        )
+    full = {key: value for key, value in state["runs"].items() if key.startswith("full:")}
+    if not full:
+        raise SearchMismatchError(f"--full-from: {source} has not finished full fine-tuning yet")
+    return full
+
+
 def run_d90(
     setup: D90Setup,
     plan: D90Plan,
@@ -76,13 +102,19 @@ def run_d90(
     device: str = "cpu",
     callbacks: TrainCallbacks | None = None,
     on_event: Callable[[str, dict], None] | None = None,
+    full_from: str | os.PathLike | None = None,
 ) -> D90Result:
-    """Search d90, resuming from `out` if it holds an unfinished search with the same setup."""
+    """Search d90, resuming from `out` if it holds an unfinished search with the same setup.
+    `full_from` names another search folder whose full fine-tuning runs (the bar) are reused,
+    so a DID search after a SAID one on the same data does not fine-tune fully again."""
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     plan = feasible(plan, setup, train)
     fingerprint = setup.fingerprint(plan, train, eval_)
+    bar_fingerprint = setup.bar_fingerprint(plan, train, eval_)
     done = load_state(out, fingerprint)
+    if full_from is not None:
+        done = load_bar(Path(full_from), bar_fingerprint) | done
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     emit = on_event or (lambda kind, data: None)
 
     def run(kind: str, d: int, lr: float) -> float:
@@ -106,7 +138,8 @@ def run_d90(
 
     def on_result(key: str, value: float) -> None:
         done[key] = value
-        _write_json(out / STATE, {"fingerprint": fingerprint, "runs": done})
+        state = {"fingerprint": fingerprint, "bar_fingerprint": bar_fingerprint, "runs": done}
+        _write_json(out / STATE, state)
         emit("run_finished", {"run": key, setup.metric: value})
 
     def on_point(result: D90Result) -> None:
