@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.d90 import STATE, D90Setup, run_d90
+from app.d90 import STATE, D90Setup, SearchMismatchError, run_d90
 from app.db.models import Dataset, Job
 from app.engine.artifact import TaskArtifact
 from app.engine.intrinsic import D90Plan
@@ -43,6 +43,7 @@ def run_d90_job(
         out = Path(tmp)
         if job.checkpoint is not None:
             (out / STATE).write_bytes(job.checkpoint)
+        full_from = _bar_source(session, hp.get("full_from"), out / "bar")
 
         def on_event(kind: str, data: dict) -> None:
             if kind == "run_finished":
@@ -53,7 +54,20 @@ def run_d90_job(
             add_event(session, job.id, "d90", event=kind, **shown)
             session.commit()
 
-        result = run_d90(setup, plan, train, eval_, out, device, callbacks, on_event)
+        result = run_d90(setup, plan, train, eval_, out, device, callbacks, on_event, full_from)
         job.metrics = {"setup": setup.__dict__} | result.to_dict()
         best = out / "d90-task.safetensors"
         return TaskArtifact.load(best) if result.d90 is not None and best.exists() else None
+
+
+def _bar_source(session: Session, source_id: str | None, folder: Path) -> Path | None:
+    """The search whose full fine-tuning to reuse, as a folder run_d90 can read (it checks the
+    settings and data match; the API checked the source belongs to the same tenant)."""
+    if not source_id:
+        return None
+    source = session.get(Job, source_id)
+    if source is None or source.checkpoint is None:
+        raise SearchMismatchError(f"full_from: search {source_id} is gone or has no runs")
+    folder.mkdir()
+    (folder / STATE).write_bytes(source.checkpoint)
+    return folder

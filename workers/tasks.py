@@ -80,7 +80,8 @@ def _finish(
 ) -> None:
     job.status, job.finished_at = status, utcnow()
     job.error_code, job.error_message = code, msg or None
-    job.checkpoint = None if status == "succeeded" else job.checkpoint
+    if status == "succeeded" and job.kind != "d90":  # a search's state is its record of runs
+        job.checkpoint = None
     add_event(session, job.id, "status", status=status, **({"error": msg} if code else {}))
     session.commit()
 

@@ -28,6 +28,11 @@ class D90Create(BaseModel):
     batch_size: int = Field(32, ge=1, le=4096)
     max_length: int = Field(128, ge=8, le=4096)
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    full_from: str | None = Field(
+        None,
+        description="id of a d90 search with the same datasets, model, seed, budget, batch "
+        "size, max length, metric and full_lr_grid whose full fine-tuning (the bar) to reuse",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> D90Create:

@@ -310,3 +310,15 @@ def test_search_runs_on_a_worker_and_stores_its_task(stack, tiny_bert, tmp_path)
     else:
         blob = client.get(f"/v1/tasks/{done['task_id']}/vector", headers=auth).content
         assert TaskArtifact.from_bytes(blob).dim == results["d90"]
+
+    # DID on the same data reuses the SAID search's full fine-tuning instead of redoing it.
+    payload = search_body(tiny_bert, ds, method="did", full_from=done["id"])
+    r = client.post("/v1/intrinsic-dimension", json=payload, headers=auth)
+    assert r.status_code == 202, r.text
+    did = wait_for(client, auth, r.json()["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert did["status"] == "succeeded", did
+    did_results = client.get(f"/v1/intrinsic-dimension/{did['id']}", headers=auth).json()
+    assert did_results["results"]["full_metric"] == results["full_metric"]
+    events = client.get(f"/v1/jobs/{did['id']}/events", headers=auth).json()["data"]
+    kinds = {e["data"].get("kind") for e in events if e["data"].get("event") == "run_started"}
+    assert kinds == {"did"}

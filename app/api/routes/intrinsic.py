@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
@@ -12,7 +13,7 @@ from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.routes.models import model_info
 from app.db.models import Job
 from app.db.repo import get_owned
-from app.errors import InvalidInputError, NotFoundError
+from app.errors import InvalidInputError, InvalidStateError, NotFoundError
 from app.jobs import create_job, enqueue_or_fail, find_idempotent, request_hash
 from app.schemas.intrinsic import D90Create, D90Public
 
@@ -44,6 +45,8 @@ async def submit_search(
         return JSONResponse(D90Public.of(existing).model_dump(mode="json"), 202)
     model = body.model or settings.default_model
     await _check_range(body, model)
+    if body.full_from is not None:
+        _check_bar_source(_search(session, tenant_id, body.full_from), body, model)
     search = body.model_dump(exclude={"model", "train_dataset", "eval_dataset", "seed"})
     fields = dict(
         kind="d90",
@@ -58,6 +61,38 @@ async def submit_search(
     job = create_job(session, tenant_id, fields, idempotency_key, digest)
     enqueue_or_fail(session, settings, job)
     return JSONResponse(D90Public.of(job).model_dump(mode="json"), 202)
+
+
+BAR_FIELDS = ("budget_steps", "batch_size", "max_length", "metric", "full_lr_grid")
+
+
+def _check_bar_source(source: Job, body: D90Create, model: str) -> None:
+    """The source's full fine-tuning is only this search's bar if it was trained the same way
+    on the same data, and it must have finished it."""
+    ours = {k: getattr(body, k) for k in BAR_FIELDS}
+    ours |= dict(model=model, seed=body.seed, train=body.train_dataset, eval=body.eval_dataset)
+    theirs = {k: source.hyperparameters.get(k) for k in BAR_FIELDS}
+    theirs |= dict(
+        model=source.model,
+        seed=source.seed,
+        train=source.train_dataset_id,
+        eval=source.eval_dataset_id,
+    )
+    differ = sorted(k for k in ours if ours[k] != theirs[k])
+    if differ:
+        raise InvalidInputError(
+            f"full_from: search {source.id} fine-tuned fully with other {', '.join(differ)}; "
+            "a shared bar needs the same datasets, model, seed, budget_steps, batch_size, "
+            "max_length, metric and full_lr_grid",
+            code="bar_mismatch",
+        )
+    runs = json.loads(source.checkpoint or b"{}").get("runs", {})
+    if not any(key.startswith("full:") for key in runs):
+        raise InvalidStateError(
+            f"full_from: search {source.id} has not finished full fine-tuning yet; "
+            "submit again once its full fine-tuning run has finished",
+            code="bar_not_ready",
+        )
 
 
 def _search(session, tenant_id: str, job_id: str) -> Job:
