@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     longest_job_s: int = Field(default=6 * 3600, gt=0)
     visibility_timeout_s: int = Field(default=12 * 3600, gt=0)
     checkpoint_every: int = Field(default=50, gt=0)
+    run_lease_s: float = Field(default=120.0, gt=0)  # a d90 run silent this long is taken back
     serving_cache_mb: float = Field(default=1024.0, gt=0)  # materialised tasks kept in memory
     serving_max_batch: int = Field(default=32, gt=0)
     serving_max_wait_ms: float = Field(default=5.0, ge=0)

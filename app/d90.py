@@ -13,17 +13,24 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from app.engine.data import LabelledText
 from app.engine.errors import EngineError, SubspaceConfigError
-from app.engine.intrinsic import D90Plan, D90Result, search_d90
+from app.engine.intrinsic import D90Plan, D90Result, Run, search_d90
 from app.engine.pipeline import TrainRequest, train_task
 from app.engine.trainer import TrainCallbacks, TrainConfig
 
 STATE = "state.json"
+
+# Given some runs and a way to do one here, runs them (here or on other workers) and yields
+# (run, metric, task file bytes or None) as each finishes.
+SpreadFn = Callable[
+    [list[Run], Callable[[str, int, float], tuple[float, bytes | None]]],
+    Iterable[tuple[Run, float, bytes | None]],
+]
 
 
 class SearchMismatchError(EngineError):
@@ -103,10 +110,13 @@ def run_d90(
     callbacks: TrainCallbacks | None = None,
     on_event: Callable[[str, dict], None] | None = None,
     full_from: str | os.PathLike | None = None,
+    spread: SpreadFn | None = None,
 ) -> D90Result:
     """Search d90, resuming from `out` if it holds an unfinished search with the same setup.
     `full_from` names another search folder whose full fine-tuning runs (the bar) are reused,
-    so a DID search after a SAID one on the same data does not fine-tune fully again."""
+    so a DID search after a SAID one on the same data does not fine-tune fully again.
+    `spread` runs the learning rates of one d together (on several workers); without it every
+    run happens here, one after another."""
     out = Path(out)
     plan = feasible(plan, setup, train)
     fingerprint = setup.fingerprint(plan, train, eval_)
@@ -117,24 +127,18 @@ def run_d90(
     (out / "runs").mkdir(parents=True, exist_ok=True)
     emit = on_event or (lambda kind, data: None)
 
-    def run(kind: str, d: int, lr: float) -> float:
-        config = TrainConfig(
-            method=kind,
-            max_steps=setup.budget_steps,
-            learning_rate=lr,
-            batch_size=setup.batch_size,
-            metric=setup.metric,
-            eval_every=setup.budget_steps,
-        )
-        req = TrainRequest(
-            setup.model, train, eval_, max(d, 1), setup.seed, setup.max_length, config=config
-        )
+    def run_here(kind: str, d: int, lr: float) -> tuple[float, bytes | None]:
         emit("run_started", {"kind": kind, "d": d, "lr": lr})
-        outcome = train_task(req, callbacks, device=device)
-        value = outcome.metrics[setup.metric]
-        if outcome.artifact is not None:
-            outcome.artifact.save(out / "runs" / _task_name(kind, d, lr))
-        return value
+        value, task = train_run(setup, train, eval_, (kind, d, lr), device, callbacks)
+        if task is not None:
+            (out / "runs" / task_file_name(kind, d, lr)).write_bytes(task)
+        return value, task
+
+    def run_batch(runs: list[Run]) -> Iterable[tuple[Run, float]]:
+        for r, value, task in spread(runs, run_here):
+            if task is not None:
+                (out / "runs" / task_file_name(*r)).write_bytes(task)
+            yield r, value
 
     def on_result(key: str, value: float) -> None:
         done[key] = value
@@ -146,11 +150,45 @@ def run_d90(
         emit("point", asdict(result.points[-1]) | {"partial": result.to_dict()})
 
     floor = majority_score(train, eval_, setup.metric)
-    result = search_d90(plan, run, done, on_result, on_point, floor)
+    result = search_d90(
+        plan,
+        lambda kind, d, lr: run_here(kind, d, lr)[0],
+        done,
+        on_result,
+        on_point,
+        floor,
+        run_batch if spread is not None else None,
+    )
     write_outputs(out, setup, result, done)
     summary = {"d90": result.d90, "bracket": result.bracket, "degenerate": result.degenerate}
     emit("finished", summary)
     return result
+
+
+def train_run(
+    setup: D90Setup,
+    train: LabelledText,
+    eval_: LabelledText,
+    run: Run,
+    device: str = "cpu",
+    callbacks: TrainCallbacks | None = None,
+) -> tuple[float, bytes | None]:
+    """One run of a search: its metric, and its task file (None for full fine-tuning)."""
+    kind, d, lr = run
+    config = TrainConfig(
+        method=kind,
+        max_steps=setup.budget_steps,
+        learning_rate=lr,
+        batch_size=setup.batch_size,
+        metric=setup.metric,
+        eval_every=setup.budget_steps,
+    )
+    req = TrainRequest(
+        setup.model, train, eval_, max(d, 1), setup.seed, setup.max_length, config=config
+    )
+    outcome = train_task(req, callbacks, device=device)
+    task = outcome.artifact.to_bytes() if outcome.artifact is not None else None
+    return outcome.metrics[setup.metric], task
 
 
 def majority_score(train: LabelledText, eval_: LabelledText, metric: str) -> float:
@@ -184,7 +222,7 @@ def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
     return replace(plan, min_d=max(plan.min_d, low), max_d=high)
 
 
-def _task_name(kind: str, d: int, lr: float) -> str:
+def task_file_name(kind: str, d: int, lr: float) -> str:
     return f"{kind}-d{d}-lr{lr:g}.safetensors"
 
 
@@ -198,7 +236,7 @@ def write_outputs(out: Path, setup: D90Setup, result: D90Result, runs: dict[str,
             writer.writerow([kind, d.removeprefix("d="), lr.removeprefix("lr="), f"{value:.6f}"])
     if result.d90 is not None:
         best = next(p for p in result.points if p.d == result.d90)
-        source = out / "runs" / _task_name(result.plan["method"], best.d, best.lr)
+        source = out / "runs" / task_file_name(result.plan["method"], best.d, best.lr)
         if source.exists():
             shutil.copyfile(source, out / "d90-task.safetensors")
     plot_curve(result, setup.metric, out / "curve")

@@ -11,6 +11,7 @@ from celery import Celery
 from app.config import Settings
 
 TRAIN_TASK = "kilotask.train"
+D90_HELP_TASK = "kilotask.d90_help"  # another worker joins a d90 search's runs
 
 
 class Queue(StrEnum):
@@ -39,7 +40,7 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": Queue.DEFAULT.value,
-        "task_routes": {TRAIN_TASK: {"queue": Queue.GPU.value}},
+        "task_routes": {task: {"queue": Queue.GPU.value} for task in (TRAIN_TASK, D90_HELP_TASK)},
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
     }
@@ -55,6 +56,10 @@ def _producer(settings_json: str) -> Celery:
 
 def enqueue_train(settings: Settings, job_id: str) -> None:
     _producer(settings.model_dump_json()).send_task(TRAIN_TASK, args=[job_id], queue=Queue.GPU)
+
+
+def enqueue_d90_help(settings: Settings, job_id: str) -> None:
+    _producer(settings.model_dump_json()).send_task(D90_HELP_TASK, args=[job_id], queue=Queue.GPU)
 
 
 def queue_depth(settings: Settings) -> int | None:

@@ -2,27 +2,37 @@
 
 Resumable across workers: the search's state (every finished run's metric) is the job's
 checkpoint, rewritten after each run, so a redelivered job replays the search and runs only
-what is missing. The curve so far is the job's metrics, updated after each d.
+what is missing. The curve so far is the job's metrics, updated after each d. Every run goes
+through the run board (workers/d90_board.py), which keeps each run's task file, so a resumed
+search still has the task of a d found before the crash, and which lets up to `workers` workers
+share the runs of one d: the search's worker posts them, asks for helpers, and does runs
+itself until all are done, so it never waits on a helper that is not there.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from app.d90 import STATE, D90Setup, SearchMismatchError, run_d90
+from app.config import get_settings
+from app.d90 import STATE, D90Setup, SearchMismatchError, run_d90, task_file_name, train_run
 from app.db.models import Dataset, Job
 from app.engine.artifact import TaskArtifact
-from app.engine.intrinsic import D90Plan
-from app.jobs import add_event
+from app.engine.errors import EngineError
+from app.engine.intrinsic import D90Plan, Run, run_key
+from app.engine.trainer import TrainCallbacks, TrainingCancelled
+from app.jobs import FINISHED, add_event
+from app.queue import enqueue_d90_help
+from workers.d90_board import Claimed, RunBoard, worker_name
+
+POLL_S = 0.5
 
 
-def run_d90_job(
-    session: Session, job: Job, callbacks, labelled, device: str
-) -> TaskArtifact | None:
-    """Run the search of `job`; returns the smallest passing task (None if none passed)."""
+def setup_and_plan(job: Job) -> tuple[D90Setup, D90Plan]:
     hp = dict(job.hyperparameters)
     setup = D90Setup(
         job.model, hp["budget_steps"], hp["batch_size"], hp["max_length"], hp["metric"], job.seed
@@ -37,15 +47,30 @@ def run_d90_job(
         lr_grid=tuple(hp["lr_grid"]),
         full_lr_grid=tuple(hp["full_lr_grid"]),
     )
+    return setup, plan
+
+
+def run_d90_job(
+    session: Session, job: Job, callbacks, labelled, device: str
+) -> TaskArtifact | None:
+    """Run the search of `job`; returns the smallest passing task (None if none passed)."""
+    setup, plan = setup_and_plan(job)
     train = labelled(session.get(Dataset, job.train_dataset_id))
     eval_ = labelled(session.get(Dataset, job.eval_dataset_id))
+    board = RunBoard(session, job.id, get_settings().run_lease_s)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if job.checkpoint is not None:
             (out / STATE).write_bytes(job.checkpoint)
-        full_from = _bar_source(session, hp.get("full_from"), out / "bar")
+        (out / "runs").mkdir()
+        for key, (_, task) in board.finished().items():  # task files of runs before a crash
+            if task is not None:
+                (out / "runs" / task_file_name(*_parse_key(key))).write_bytes(task)
+        full_from = _bar_source(session, job.hyperparameters.get("full_from"), out / "bar")
 
         def on_event(kind: str, data: dict) -> None:
+            if kind == "run_started":
+                data = data | {"worker": worker_name()}
             if kind == "run_finished":
                 job.checkpoint = (out / STATE).read_bytes()
             if kind == "point":
@@ -54,10 +79,101 @@ def run_d90_job(
             add_event(session, job.id, "d90", event=kind, **shown)
             session.commit()
 
-        result = run_d90(setup, plan, train, eval_, out, device, callbacks, on_event, full_from)
+        workers = int(job.hyperparameters.get("workers", 1))
+        spread = _spread(session, job, board, workers)
+        result = run_d90(
+            setup, plan, train, eval_, out, device, callbacks, on_event, full_from, spread
+        )
         job.metrics = {"setup": setup.__dict__} | result.to_dict()
         best = out / "d90-task.safetensors"
         return TaskArtifact.load(best) if result.d90 is not None and best.exists() else None
+
+
+def _spread(session: Session, job: Job, board: RunBoard, workers: int):
+    """Post the runs, ask for up to `workers - 1` helpers, then do runs here while there are
+    pending ones and collect the helpers' results as they land."""
+
+    def spread(
+        runs: list[Run], run_here: Callable[[str, int, float], tuple[float, bytes | None]]
+    ) -> Iterable[tuple[Run, float, bytes | None]]:
+        wanted = {run_key(*r): r for r in runs}
+        board.post(runs)
+        for _ in range(min(workers, len(runs)) - 1):
+            enqueue_d90_help(get_settings(), job.id)
+        reported: set[str] = set()
+        while len(reported) < len(wanted):
+            for key, (metric, task) in board.finished(list(wanted)).items():
+                if key not in reported:
+                    reported.add(key)
+                    yield wanted[key], metric, task
+            if len(reported) == len(wanted):
+                break
+            claimed = board.claim(list(wanted))
+            if claimed is not None:
+                with board.beating(claimed):
+                    metric, task = run_here(*claimed.run)
+                board.finish(claimed, metric, task)
+                continue
+            session.refresh(job, ["cancel_requested"])
+            if job.cancel_requested:
+                raise TrainingCancelled("cancel requested while helpers were training")
+            time.sleep(POLL_S)
+
+    return spread
+
+
+class _HelperCallbacks(TrainCallbacks):
+    """A helper only watches for cancellation; the search's worker reports progress."""
+
+    def __init__(self, session: Session, job: Job) -> None:
+        self.session, self.job, self._last = session, job, 0.0
+
+    def should_stop(self) -> bool:
+        if time.monotonic() - self._last < 0.5:
+            return False
+        self._last = time.monotonic()
+        self.session.refresh(self.job, ["cancel_requested"])
+        return self.job.cancel_requested
+
+
+def help_search(session: Session, job_id: str, labelled, device: str) -> int:
+    """Do pending runs of the search `job_id` until none is left; returns how many it did."""
+    job = session.get(Job, job_id)
+    if job is None or job.kind != "d90" or job.status in FINISHED:
+        return 0
+    setup, _ = setup_and_plan(job)
+    train = labelled(session.get(Dataset, job.train_dataset_id))
+    eval_ = labelled(session.get(Dataset, job.eval_dataset_id))
+    board = RunBoard(session, job_id, get_settings().run_lease_s)
+    done = 0
+    while (claimed := board.claim()) is not None:
+        kind, d, lr = claimed.run
+        add_event(session, job_id, "d90", event="run_started", kind=kind, d=d, lr=lr,
+                  worker=worker_name())  # fmt: skip
+        session.commit()
+        try:
+            with board.beating(claimed):
+                metric, task = train_run(
+                    setup, train, eval_, claimed.run, device, _HelperCallbacks(session, job)
+                )
+        except TrainingCancelled:
+            return done
+        except EngineError:  # the search's own worker will hit it too and fail the job
+            _release(board, claimed)
+            return done
+        board.finish(claimed, metric, task)
+        done += 1
+    return done
+
+
+def _release(board: RunBoard, claimed: Claimed) -> None:
+    board.session.rollback()
+    board.release(claimed)
+
+
+def _parse_key(key: str) -> Run:
+    kind, d, lr = key.split(":")
+    return kind, int(d.removeprefix("d=")), float(lr.removeprefix("lr="))
 
 
 def _bar_source(session: Session, source_id: str | None, folder: Path) -> Path | None:

@@ -25,10 +25,10 @@ from app.engine.errors import EngineError
 from app.engine.pipeline import TrainRequest, train_task
 from app.engine.trainer import TrainCallbacks, TrainConfig, TrainingCancelled
 from app.jobs import FINISHED, add_event
-from app.queue import TRAIN_TASK
+from app.queue import D90_HELP_TASK, TRAIN_TASK
 from app.task_records import row_from_artifact
 from workers.celery_app import app
-from workers.d90 import run_d90_job
+from workers.d90 import help_search, run_d90_job
 
 log = logging.getLogger("kilotask.worker")
 
@@ -192,3 +192,13 @@ def train(job_id: str) -> str:
     import torch
 
     return run_job(job_id, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+@app.task(name=D90_HELP_TASK, acks_late=True, reject_on_worker_lost=True)
+def d90_help(job_id: str) -> int:
+    """Join a d90 search: do its pending runs, if any are left by the time this runs."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with session_factory(get_settings())() as session:
+        return help_search(session, job_id, _labelled, device)

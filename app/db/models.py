@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -113,6 +114,28 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(20))  # status | progress | metrics | message
     data: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class D90Run(Base):
+    """One run (kind, d, lr) of a d90 search that several workers may share: the search posts
+    the runs it needs, any worker claims one by flipping `status` from pending to running,
+    beats `heartbeat_at` while it trains, and stores the metric and the task file. A run whose
+    heartbeat stops (its worker died) goes back to pending."""
+
+    __tablename__ = "d90_run"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(100))  # run_key(kind, d, lr)
+    kind: Mapped[str] = mapped_column(String(10))
+    d: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(10), default="pending")  # running | done
+    worker: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    metric: Mapped[float | None] = mapped_column(Float)
+    task: Mapped[bytes | None] = mapped_column(LargeBinary)  # the run's task file, if any
 
 
 class Task(Base):

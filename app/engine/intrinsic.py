@@ -12,7 +12,7 @@ is tight.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 
@@ -60,7 +60,11 @@ class D90Result:
         return asdict(self)
 
 
-RunFn = Callable[[str, int, float], float]  # (kind "full" or the method, d, lr) -> metric
+Run = tuple[str, int, float]  # (kind "full" or the method, d, lr)
+RunFn = Callable[[str, int, float], float]  # one run -> its metric
+# Runs several independent runs (e.g. one d's learning rates), possibly at once on several
+# workers; yields each (run, metric) as it finishes, in any order.
+BatchFn = Callable[[list[Run]], Iterable[tuple[Run, float]]]
 
 
 def run_key(kind: str, d: int, lr: float) -> str:
@@ -74,23 +78,25 @@ def search_d90(
     on_result: Callable[[str, float], None] | None = None,
     on_point: Callable[[D90Result], None] | None = None,
     floor: float | None = None,
+    run_batch: BatchFn | None = None,
 ) -> D90Result:
     """Run the search; `done` holds metrics of runs already finished (by key), `on_result` is
     called after each new run (persist it there), `on_point` after each finished d. If the bar
     is not above `floor` (the majority-class score), full fine-tuning learned too little for a
     d90 to mean anything: the search stops there with `degenerate` set instead of reporting the
-    smallest d as d90."""
+    smallest d as d90. `run_batch`, if given, runs the learning rates of one d together."""
     done = dict(done or {})
+    batch = run_batch or (lambda runs: ((r, run(*r)) for r in runs))
 
-    def metric(kind: str, d: int, lr: float) -> float:
-        key = run_key(kind, d, lr)
-        if key not in done:
-            done[key] = float(run(kind, d, lr))
+    def metrics(kind: str, d: int, lrs: tuple[float, ...]) -> dict[float, float]:
+        missing = [(kind, d, lr) for lr in lrs if run_key(kind, d, lr) not in done]
+        for r, value in batch(missing) if missing else ():
+            done[run_key(*r)] = float(value)
             if on_result is not None:
-                on_result(key, done[key])
-        return done[key]
+                on_result(run_key(*r), done[run_key(*r)])
+        return {lr: done[run_key(kind, d, lr)] for lr in lrs}
 
-    full = {lr: metric("full", 0, lr) for lr in plan.full_lr_grid}
+    full = metrics("full", 0, plan.full_lr_grid)
     full_lr = max(full, key=full.__getitem__)
     result = D90Result(asdict(plan), full[full_lr], full_lr, plan.threshold * full[full_lr])
     result.floor = floor
@@ -99,7 +105,7 @@ def search_d90(
         return result
 
     def evaluate(d: int) -> bool:
-        scores = {lr: metric(plan.method, d, lr) for lr in plan.lr_grid}
+        scores = metrics(plan.method, d, plan.lr_grid)
         best = max(scores, key=scores.__getitem__)
         passed = scores[best] >= result.bar
         result.points.append(DPoint(d, scores[best], best, passed))

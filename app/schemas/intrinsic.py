@@ -28,6 +28,13 @@ class D90Create(BaseModel):
     batch_size: int = Field(32, ge=1, le=4096)
     max_length: int = Field(128, ge=8, le=4096)
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="how many workers may share the search's runs: the learning rates of one "
+        "d (and of full fine-tuning) run at once on up to this many workers",
+    )
     full_from: str | None = Field(
         None,
         description="id of a d90 search with the same datasets, model, seed, budget, batch "

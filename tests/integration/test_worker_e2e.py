@@ -78,6 +78,7 @@ def stack(e2e_db_url, tmp_path):
         KILOTASK_CHECKPOINT_EVERY="5",
         KILOTASK_LONGEST_JOB_S="3",
         KILOTASK_VISIBILITY_TIMEOUT_S="6",
+        KILOTASK_RUN_LEASE_S="3",
     )
     workers: list[subprocess.Popen] = []
     log = open(tmp_path / "worker.log", "ab")  # noqa: SIM115 (closed after the workers stop)
@@ -322,3 +323,47 @@ def test_search_runs_on_a_worker_and_stores_its_task(stack, tiny_bert, tmp_path)
     events = client.get(f"/v1/jobs/{did['id']}/events", headers=auth).json()["data"]
     kinds = {e["data"].get("kind") for e in events if e["data"].get("event") == "run_started"}
     assert kinds == {"did"}
+
+
+def run_events(client, auth, job_id: str) -> list[dict]:
+    events = client.get(f"/v1/jobs/{job_id}/events?limit=1000", headers=auth).json()["data"]
+    return [e["data"] for e in events if e["data"].get("event") == "run_started"]
+
+
+def test_two_workers_share_a_search_and_take_back_a_dead_workers_run(stack, tiny_bert, tmp_path):
+    """workers=2: both workers train runs of one search and none is trained twice, except the
+    run of a worker killed mid-run, which the other worker takes back once its lease runs out."""
+    settings, client, start_worker = stack
+    auth = new_key(settings)
+    ds = upload(client, auth, tmp_path, 128)
+    pids = {start_worker().pid, start_worker().pid}
+    payload = search_body(tiny_bert, ds, lr_grid=[0.2, 0.5], full_lr_grid=[1e-2, 2e-2],
+                          budget_steps=200, workers=2)  # fmt: skip
+    search = client.post("/v1/intrinsic-dimension", json=payload, headers=auth).json()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        started = run_events(client, auth, search["id"])
+        if {worker_pid(e) for e in started} == pids:
+            break
+        time.sleep(0.2)
+    assert {worker_pid(e) for e in started} == pids, started  # both workers are training
+    victim, killed_run = worker_pid(started[-1]), run_of(started[-1])
+    os.kill(victim, signal.SIGKILL)
+    done = wait_for(client, auth, search["id"], lambda j: j["status"] in ("succeeded", "failed"),
+                    timeout=300)  # fmt: skip
+    assert done["status"] == "succeeded", done
+    started = run_events(client, auth, search["id"])
+    again = [e for e in started if run_of(e) == killed_run]
+    assert len(again) == 2 and worker_pid(again[1]) == (pids - {victim}).pop()
+    others = [run_of(e) for e in started if run_of(e) != killed_run]
+    assert len(others) == len(set(others))  # no other run was trained twice
+    results = client.get(f"/v1/intrinsic-dimension/{search['id']}", headers=auth).json()
+    assert len(set(others)) + 1 == 2 + 2 * len(results["results"]["points"])
+
+
+def worker_pid(event: dict) -> int:
+    return int(event["worker"].rsplit(":", 1)[1])
+
+
+def run_of(event: dict) -> tuple:
+    return event["kind"], event["d"], event["lr"]
