@@ -101,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     d.add_argument("--out", default="d90-out", help="output folder (resumed if it holds a search)")
     d.add_argument(
-        "--full-from",
+        "--reuse",
         metavar="DIR",
-        help="reuse the full fine-tuning runs (the bar) of the search in DIR, e.g. the SAID "
-        "search when searching DID on the same data with the same settings",
+        help="take the finished runs of the search in DIR instead of redoing them: its full "
+        "fine-tuning (the bar) and its runs of --method; the settings and data must match",
     )
     d.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
@@ -243,7 +243,7 @@ def _d90(args: argparse.Namespace) -> int:
         args.out,
         _device(args.device),
         on_event=log,
-        full_from=args.full_from,
+        reuse=args.reuse,
     )
     if result.degenerate:
         print(

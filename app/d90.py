@@ -51,8 +51,9 @@ class D90Setup:
     def fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
         return _digest([asdict(self), asdict(plan)], train, eval_)
 
-    def bar_fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
-        """What fixes the full fine-tuning runs: the same for a SAID and a DID search."""
+    def runs_fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
+        """What fixes a run's result besides (kind, d, lr), whatever the method and the d range
+        searched: searches that share it can share runs."""
         return _digest([asdict(self), list(plan.full_lr_grid)], train, eval_)
 
 
@@ -82,22 +83,22 @@ def load_state(out: Path, fingerprint: str) -> dict[str, float]:
     return dict(state["runs"])
 
 
-def load_bar(source: Path, bar_fingerprint: str) -> dict[str, float]:
-    """The full fine-tuning runs of the search in `source`, if it fine-tuned the same way."""
+def load_reusable(source: Path, runs_fingerprint: str, method: str) -> dict[str, float]:
+    """The finished runs of the search in `source` that this search would do the same way: its
+    full fine-tuning (the bar) and its runs of `method`. Their task files come along."""
     path = source / STATE
     if not path.exists():
-        raise SearchMismatchError(f"--full-from: {source} holds no d90 search ({STATE} missing)")
+        raise SearchMismatchError(f"--reuse: {source} holds no d90 search ({STATE} missing)")
     state = json.loads(path.read_text())
-    if state.get("bar_fingerprint") != bar_fingerprint:
+    if state.get("runs_fingerprint") != runs_fingerprint:
         raise SearchMismatchError(
-            f"--full-from: {source} fine-tuned fully with other settings or data (model, "
-            "budget, batch size, max length, metric, seed, full learning rates and data must "
-            "match), or was written before bars could be shared"
+            f"--reuse: {source} trained with other settings or data (model, budget, batch "
+            "size, max length, metric, seed, full learning rates and data must match)"
         )
-    full = {key: value for key, value in state["runs"].items() if key.startswith("full:")}
-    if not full:
-        raise SearchMismatchError(f"--full-from: {source} has not finished full fine-tuning yet")
-    return full
+    runs = {k: v for k, v in state["runs"].items() if k.split(":")[0] in ("full", method)}
+    if not runs:
+        raise SearchMismatchError(f"--reuse: {source} has no finished full or {method} run yet")
+    return runs
 
 
 def run_d90(
@@ -109,22 +110,27 @@ def run_d90(
     device: str = "cpu",
     callbacks: TrainCallbacks | None = None,
     on_event: Callable[[str, dict], None] | None = None,
-    full_from: str | os.PathLike | None = None,
+    reuse: str | os.PathLike | None = None,
     spread: SpreadFn | None = None,
 ) -> D90Result:
     """Search d90, resuming from `out` if it holds an unfinished search with the same setup.
-    `full_from` names another search folder whose full fine-tuning runs (the bar) are reused,
-    so a DID search after a SAID one on the same data does not fine-tune fully again.
+    `reuse` names another search folder whose finished runs are taken instead of redone: the
+    full fine-tuning (the bar) of a SAID search for a DID one on the same data, or the points
+    of an earlier search of the same method over another d range.
     `spread` runs the learning rates of one d together (on several workers); without it every
     run happens here, one after another."""
     out = Path(out)
     plan = feasible(plan, setup, train)
     fingerprint = setup.fingerprint(plan, train, eval_)
-    bar_fingerprint = setup.bar_fingerprint(plan, train, eval_)
+    runs_fingerprint = setup.runs_fingerprint(plan, train, eval_)
     done = load_state(out, fingerprint)
-    if full_from is not None:
-        done = load_bar(Path(full_from), bar_fingerprint) | done
+    reused = {} if reuse is None else load_reusable(Path(reuse), runs_fingerprint, plan.method)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    for key in reused.keys() - done.keys():
+        source = Path(reuse) / "runs" / task_file_name(*parse_run_key(key))
+        if source.exists():
+            shutil.copyfile(source, out / "runs" / source.name)
+    done = reused | done
     emit = on_event or (lambda kind, data: None)
 
     def run_here(kind: str, d: int, lr: float) -> tuple[float, bytes | None]:
@@ -142,7 +148,7 @@ def run_d90(
 
     def on_result(key: str, value: float) -> None:
         done[key] = value
-        state = {"fingerprint": fingerprint, "bar_fingerprint": bar_fingerprint, "runs": done}
+        state = {"fingerprint": fingerprint, "runs_fingerprint": runs_fingerprint, "runs": done}
         _write_json(out / STATE, state)
         emit("run_finished", {"run": key, setup.metric: value})
 
@@ -220,6 +226,11 @@ def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
             + (f" (SAID needs d > {m}, one λ per tensor)" if plan.method == "said" else "")
         )
     return replace(plan, min_d=max(plan.min_d, low), max_d=high)
+
+
+def parse_run_key(key: str) -> Run:
+    kind, d, lr = key.split(":")
+    return kind, int(d.removeprefix("d=")), float(lr.removeprefix("lr="))
 
 
 def task_file_name(kind: str, d: int, lr: float) -> str:

@@ -19,7 +19,15 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.d90 import STATE, D90Setup, SearchMismatchError, run_d90, task_file_name, train_run
+from app.d90 import (
+    STATE,
+    D90Setup,
+    SearchMismatchError,
+    parse_run_key,
+    run_d90,
+    task_file_name,
+    train_run,
+)
 from app.db.models import Dataset, Job
 from app.engine.artifact import TaskArtifact
 from app.engine.errors import EngineError
@@ -65,12 +73,12 @@ def run_d90_job(
         (out / "runs").mkdir()
         for key, (_, task) in board.finished().items():  # task files of runs before a crash
             if task is not None:
-                (out / "runs" / task_file_name(*_parse_key(key))).write_bytes(task)
-        full_from = _bar_source(session, job.hyperparameters.get("full_from"), out / "bar")
+                (out / "runs" / task_file_name(*parse_run_key(key))).write_bytes(task)
+        reuse = _reuse_source(session, job.hyperparameters.get("reuse_from"), out / "reused")
 
         def on_event(kind: str, data: dict) -> None:
             if kind == "run_started":
-                data = data | {"worker": worker_name()}
+                data = data | {"worker": worker_name(), "role": "search"}
             if kind == "run_finished":
                 job.checkpoint = (out / STATE).read_bytes()
             if kind == "point":
@@ -81,9 +89,7 @@ def run_d90_job(
 
         workers = int(job.hyperparameters.get("workers", 1))
         spread = _spread(session, job, board, workers)
-        result = run_d90(
-            setup, plan, train, eval_, out, device, callbacks, on_event, full_from, spread
-        )
+        result = run_d90(setup, plan, train, eval_, out, device, callbacks, on_event, reuse, spread)
         job.metrics = {"setup": setup.__dict__} | result.to_dict()
         best = out / "d90-task.safetensors"
         return TaskArtifact.load(best) if result.d90 is not None and best.exists() else None
@@ -149,7 +155,7 @@ def help_search(session: Session, job_id: str, labelled, device: str) -> int:
     while (claimed := board.claim()) is not None:
         kind, d, lr = claimed.run
         add_event(session, job_id, "d90", event="run_started", kind=kind, d=d, lr=lr,
-                  worker=worker_name())  # fmt: skip
+                  worker=worker_name(), role="helper")  # fmt: skip
         session.commit()
         try:
             with board.beating(claimed):
@@ -171,19 +177,17 @@ def _release(board: RunBoard, claimed: Claimed) -> None:
     board.release(claimed)
 
 
-def _parse_key(key: str) -> Run:
-    kind, d, lr = key.split(":")
-    return kind, int(d.removeprefix("d=")), float(lr.removeprefix("lr="))
-
-
-def _bar_source(session: Session, source_id: str | None, folder: Path) -> Path | None:
-    """The search whose full fine-tuning to reuse, as a folder run_d90 can read (it checks the
-    settings and data match; the API checked the source belongs to the same tenant)."""
+def _reuse_source(session: Session, source_id: str | None, folder: Path) -> Path | None:
+    """The search whose runs to reuse, as a folder run_d90 can read: its state and its runs'
+    task files (run_d90 checks the settings and data match; the API checked the tenant)."""
     if not source_id:
         return None
     source = session.get(Job, source_id)
     if source is None or source.checkpoint is None:
-        raise SearchMismatchError(f"full_from: search {source_id} is gone or has no runs")
-    folder.mkdir()
+        raise SearchMismatchError(f"reuse_from: search {source_id} is gone or has no runs")
+    (folder / "runs").mkdir(parents=True)
     (folder / STATE).write_bytes(source.checkpoint)
+    for key, (_, task) in RunBoard(session, source_id).finished().items():
+        if task is not None:
+            (folder / "runs" / task_file_name(*parse_run_key(key))).write_bytes(task)
     return folder

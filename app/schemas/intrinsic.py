@@ -35,10 +35,11 @@ class D90Create(BaseModel):
         description="how many workers may share the search's runs: the learning rates of one "
         "d (and of full fine-tuning) run at once on up to this many workers",
     )
-    full_from: str | None = Field(
+    reuse_from: str | None = Field(
         None,
         description="id of a d90 search with the same datasets, model, seed, budget, batch "
-        "size, max length, metric and full_lr_grid whose full fine-tuning (the bar) to reuse",
+        "size, max length, metric and full_lr_grid whose finished runs to take instead of "
+        "redoing them: its full fine-tuning (the bar) and its runs of this method",
     )
 
     @model_validator(mode="after")

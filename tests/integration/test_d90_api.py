@@ -76,22 +76,23 @@ def test_unreachable_broker_is_503_and_the_search_is_marked_failed(
     assert latest["error"]["code"] == "broker_unavailable"
 
 
-def test_full_from_needs_a_finished_bar_trained_the_same_way(client, auth, dataset, tiny_bert):
+def test_reuse_from_needs_finished_runs_trained_the_same_way(client, auth, dataset, tiny_bert):
     said = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset),
                        headers=auth).json()  # fmt: skip
     before = client.get("/v1/jobs", headers=auth).json()["total"]
 
     def did(**kw):
-        payload = search_body(tiny_bert, dataset, **{"method": "did", "full_from": said["id"]} | kw)
+        changes = {"method": "did", "reuse_from": said["id"]} | kw
+        payload = search_body(tiny_bert, dataset, **changes)
         return client.post("/v1/intrinsic-dimension", json=payload, headers=auth)
 
     r = did(budget_steps=8, full_lr_grid=[1e-3])
     assert r.status_code == 422 and "other budget_steps, full_lr_grid" in r.text, r.text
     r = did()  # same settings, but the source is still queued: no bar yet
-    assert r.status_code == 409 and "has not finished full fine-tuning" in r.text, r.text
-    r = did(full_from="job_nope")
+    assert r.status_code == 409 and "has not finished a full or did run" in r.text, r.text
+    r = did(reuse_from="job_nope")
     assert r.status_code == 404, r.text
     r = client.post("/v1/intrinsic-dimension", json=search_body(tiny_bert, dataset,
-                    full_from=said["id"]), headers=new_key_for(client))  # fmt: skip
+                    reuse_from=said["id"]), headers=new_key_for(client))  # fmt: skip
     assert r.status_code == 404, r.text  # another tenant's search is not there
     assert client.get("/v1/jobs", headers=auth).json()["total"] == before

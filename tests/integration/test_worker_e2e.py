@@ -313,7 +313,7 @@ def test_search_runs_on_a_worker_and_stores_its_task(stack, tiny_bert, tmp_path)
         assert TaskArtifact.from_bytes(blob).dim == results["d90"]
 
     # DID on the same data reuses the SAID search's full fine-tuning instead of redoing it.
-    payload = search_body(tiny_bert, ds, method="did", full_from=done["id"])
+    payload = search_body(tiny_bert, ds, method="did", reuse_from=done["id"])
     r = client.post("/v1/intrinsic-dimension", json=payload, headers=auth)
     assert r.status_code == 202, r.text
     did = wait_for(client, auth, r.json()["id"], lambda j: j["status"] in ("succeeded", "failed"))
@@ -332,22 +332,24 @@ def run_events(client, auth, job_id: str) -> list[dict]:
 
 def test_two_workers_share_a_search_and_take_back_a_dead_workers_run(stack, tiny_bert, tmp_path):
     """workers=2: both workers train runs of one search and none is trained twice, except the
-    run of a worker killed mid-run, which the other worker takes back once its lease runs out."""
+    run of a helper killed mid-run, which the search's worker takes back once its lease runs
+    out. (A killed search worker is a killed job: Redis redelivers it, as for training.)"""
     settings, client, start_worker = stack
     auth = new_key(settings)
     ds = upload(client, auth, tmp_path, 128)
     pids = {start_worker().pid, start_worker().pid}
     payload = search_body(tiny_bert, ds, lr_grid=[0.2, 0.5], full_lr_grid=[1e-2, 2e-2],
-                          budget_steps=200, workers=2)  # fmt: skip
+                          budget_steps=120, tolerance=4, workers=2)  # fmt: skip
     search = client.post("/v1/intrinsic-dimension", json=payload, headers=auth).json()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         started = run_events(client, auth, search["id"])
-        if {worker_pid(e) for e in started} == pids:
+        if any(e["role"] == "helper" for e in started):
             break
-        time.sleep(0.2)
-    assert {worker_pid(e) for e in started} == pids, started  # both workers are training
-    victim, killed_run = worker_pid(started[-1]), run_of(started[-1])
+        time.sleep(0.1)
+    helped = [e for e in started if e["role"] == "helper"]
+    assert helped, started  # the second worker joined
+    victim, killed_run = worker_pid(helped[-1]), run_of(helped[-1])
     os.kill(victim, signal.SIGKILL)
     done = wait_for(client, auth, search["id"], lambda j: j["status"] in ("succeeded", "failed"),
                     timeout=300)  # fmt: skip
@@ -355,6 +357,7 @@ def test_two_workers_share_a_search_and_take_back_a_dead_workers_run(stack, tiny
     started = run_events(client, auth, search["id"])
     again = [e for e in started if run_of(e) == killed_run]
     assert len(again) == 2 and worker_pid(again[1]) == (pids - {victim}).pop()
+    assert {worker_pid(e) for e in started} == pids
     others = [run_of(e) for e in started if run_of(e) != killed_run]
     assert len(others) == len(set(others))  # no other run was trained twice
     results = client.get(f"/v1/intrinsic-dimension/{search['id']}", headers=auth).json()

@@ -110,35 +110,45 @@ def test_did_search_reuses_the_full_fine_tuning_of_a_said_search(tiny_bert, data
     said, did = tmp_path / "said", tmp_path / "did"
     assert main(cli_args(tiny_bert, data, said, "--sweep-points", "2")) == 0
     assert main(cli_args(tiny_bert, data, did, "--method", "did", "--sweep-points", "2",
-                         "--full-from", str(said), "--quiet")) == 0  # fmt: skip
+                         "--reuse", str(said), "--quiet")) == 0  # fmt: skip
     capsys.readouterr()
     said_runs = json.loads((said / "state.json").read_text())["runs"]
     did_runs = json.loads((did / "state.json").read_text())["runs"]
     full = {k: v for k, v in said_runs.items() if k.startswith("full:")}
     assert full and {k: v for k, v in did_runs.items() if k.startswith("full:")} == full
-    assert any(k.startswith("did:") for k in did_runs)
+    assert {k.split(":")[0] for k in did_runs} == {"full", "did"}  # no SAID run came along
     results = json.loads((did / "results.json").read_text())
     assert results["full_metric"] == max(full.values())
 
-    # A bar fine-tuned another way (here a shorter budget) is refused, and nothing is written.
+    # Runs trained another way (here a shorter budget) are refused, and nothing is written.
     other = tmp_path / "other"
-    args = cli_args(tiny_bert, data, other, "--method", "did", "--full-from", str(said))
+    args = cli_args(tiny_bert, data, other, "--method", "did", "--reuse", str(said))
     assert main([*args, "--budget-steps", "8"]) == 2
-    assert "fine-tuned fully with other settings" in capsys.readouterr().err
+    assert "trained with other settings" in capsys.readouterr().err
     assert not other.exists()
-    assert main(cli_args(tiny_bert, data, other, "--full-from", str(tmp_path / "none"))) == 2
+    assert main(cli_args(tiny_bert, data, other, "--reuse", str(tmp_path / "none"))) == 2
     assert "holds no d90 search" in capsys.readouterr().err
 
 
-def test_full_from_takes_no_run_from_the_searched_method(tiny_bert, data, tmp_path):
-    """Only the full runs travel: the DID search trains its own d points."""
+def test_a_search_over_other_d_reuses_the_runs_and_task_files_it_shares(tiny_bert, data, tmp_path):
+    """A search continued over a lower d range (say its smallest d already passed) takes the
+    runs it shares with the first search, task files included, and trains only new d values."""
     train = read_table(data[0])
     dev = read_table(data[1], train.columns)
     setup = D90Setup(str(tiny_bert), budget_steps=16, batch_size=16, max_length=16)
-    plan = D90Plan(min_d=10, max_d=3000, sweep_points=2, lr_grid=(0.5,), full_lr_grid=(1e-2,))
-    run_d90(setup, plan, train, dev, tmp_path / "said")
+    plan = D90Plan(min_d=400, max_d=3000, sweep_points=2, lr_grid=(0.5,), full_lr_grid=(1e-2,))
+    run_d90(setup, plan, train, dev, tmp_path / "high")
     started = []
-    run_d90(setup, replace(plan, method="did"), train, dev, tmp_path / "did",
-            on_event=lambda k, d: k == "run_started" and started.append(d["kind"]),
-            full_from=tmp_path / "said")  # fmt: skip
-    assert started and set(started) == {"did"}
+    low = run_d90(setup, replace(plan, min_d=1, max_d=400), train, dev, tmp_path / "low",
+                  on_event=lambda k, d: k == "run_started" and started.append(d),
+                  reuse=tmp_path / "high")  # fmt: skip
+    m_plus_1 = low.plan["min_d"]
+    assert [(s["kind"], s["d"]) for s in started] == [("said", m_plus_1)]  # the only new run
+    assert [p.d for p in low.points] == [m_plus_1, 400]
+    low_runs = json.loads((tmp_path / "low" / "state.json").read_text())["runs"]
+    high_runs = json.loads((tmp_path / "high" / "state.json").read_text())["runs"]
+    assert {k: low_runs[k] for k in high_runs} == high_runs
+    shared = "said-d400-lr0.5.safetensors"
+    assert (tmp_path / "low" / "runs" / shared).read_bytes() == (
+        tmp_path / "high" / "runs" / shared
+    ).read_bytes()

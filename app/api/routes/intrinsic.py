@@ -45,8 +45,8 @@ async def submit_search(
         return JSONResponse(D90Public.of(existing).model_dump(mode="json"), 202)
     model = body.model or settings.default_model
     await _check_range(body, model)
-    if body.full_from is not None:
-        _check_bar_source(_search(session, tenant_id, body.full_from), body, model)
+    if body.reuse_from is not None:
+        _check_reuse_source(_search(session, tenant_id, body.reuse_from), body, model)
     search = body.model_dump(exclude={"model", "train_dataset", "eval_dataset", "seed"})
     fields = dict(
         kind="d90",
@@ -63,15 +63,15 @@ async def submit_search(
     return JSONResponse(D90Public.of(job).model_dump(mode="json"), 202)
 
 
-BAR_FIELDS = ("budget_steps", "batch_size", "max_length", "metric", "full_lr_grid")
+RUN_FIELDS = ("budget_steps", "batch_size", "max_length", "metric", "full_lr_grid")
 
 
-def _check_bar_source(source: Job, body: D90Create, model: str) -> None:
-    """The source's full fine-tuning is only this search's bar if it was trained the same way
-    on the same data, and it must have finished it."""
-    ours = {k: getattr(body, k) for k in BAR_FIELDS}
+def _check_reuse_source(source: Job, body: D90Create, model: str) -> None:
+    """A run of the source is only this search's run if it was trained the same way on the
+    same data, and there must be something to take."""
+    ours = {k: getattr(body, k) for k in RUN_FIELDS}
     ours |= dict(model=model, seed=body.seed, train=body.train_dataset, eval=body.eval_dataset)
-    theirs = {k: source.hyperparameters.get(k) for k in BAR_FIELDS}
+    theirs = {k: source.hyperparameters.get(k) for k in RUN_FIELDS}
     theirs |= dict(
         model=source.model,
         seed=source.seed,
@@ -81,17 +81,17 @@ def _check_bar_source(source: Job, body: D90Create, model: str) -> None:
     differ = sorted(k for k in ours if ours[k] != theirs[k])
     if differ:
         raise InvalidInputError(
-            f"full_from: search {source.id} fine-tuned fully with other {', '.join(differ)}; "
-            "a shared bar needs the same datasets, model, seed, budget_steps, batch_size, "
-            "max_length, metric and full_lr_grid",
-            code="bar_mismatch",
+            f"reuse_from: search {source.id} trained with other {', '.join(differ)}; reusing "
+            "runs needs the same datasets, model, seed, budget_steps, batch_size, max_length, "
+            "metric and full_lr_grid",
+            code="reuse_mismatch",
         )
     runs = json.loads(source.checkpoint or b"{}").get("runs", {})
-    if not any(key.startswith("full:") for key in runs):
+    if not any(key.split(":")[0] in ("full", body.method) for key in runs):
         raise InvalidStateError(
-            f"full_from: search {source.id} has not finished full fine-tuning yet; "
-            "submit again once its full fine-tuning run has finished",
-            code="bar_not_ready",
+            f"reuse_from: search {source.id} has not finished a full or {body.method} run "
+            "yet; submit again once its full fine-tuning has finished",
+            code="reuse_not_ready",
         )
 
 
