@@ -275,9 +275,10 @@ def curve_figure(results: dict, metric: str):
         ax.axvline(results["d90"], color="green", alpha=0.5, label=f"d90 = {results['d90']}")
     if points:  # a log axis needs data (a degenerate search has none)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels would overlap
     ax.set_xlabel("subspace dimension d")
     ax.set_ylabel(metric)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
 
