@@ -142,8 +142,9 @@ def run_d90(
 
     def run_batch(runs: list[Run]) -> Iterable[tuple[Run, float]]:
         for r, value, task in spread(runs, run_here):
-            if task is not None:
-                (out / "runs" / task_file_name(*r)).write_bytes(task)
+            path = out / "runs" / task_file_name(*r)
+            if task is not None and not path.exists():  # a run done here is already saved
+                path.write_bytes(task)
             yield r, value
 
     def on_result(key: str, value: float) -> None:
@@ -243,8 +244,8 @@ def write_outputs(out: Path, setup: D90Setup, result: D90Result, runs: dict[str,
         writer = csv.writer(f)
         writer.writerow(["kind", "d", "lr", setup.metric])
         for key, value in runs.items():
-            kind, d, lr = key.split(":")
-            writer.writerow([kind, d.removeprefix("d="), lr.removeprefix("lr="), f"{value:.6f}"])
+            kind, d, lr = parse_run_key(key)
+            writer.writerow([kind, d, f"{lr:g}", f"{value:.6f}"])
     if result.d90 is not None:
         best = next(p for p in result.points if p.d == result.d90)
         source = out / "runs" / task_file_name(result.plan["method"], best.d, best.lr)
