@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from app.engine.errors import ArtifactFormatError, SpecVersionError
+from app.engine.errors import ArtifactFormatError, SpecVersionError, SubspaceConfigError
+from app.engine.methods import get_method, known_specs
 from app.engine.spec import SPEC_VERSION
 
 FORMAT_VERSION = 1
@@ -35,15 +36,20 @@ _STRING_FIELDS = {
     "dtype",
     "spec",
     "digest",
+    "targets",
 }
+# Fields that older files lack: left out of the file and the digest when unset, so every file
+# written before they existed loads, and hashes, unchanged.
+_OPTIONAL_FIELDS = ("rank", "targets")
 
 
 @dataclass(frozen=True)
 class TaskArtifact:
     """Everything needed to rebuild a task on a base model with digest `base_digest`.
 
-    theta: (d - m,) and lam: (m,) for SAID (lam None for DID), float32 in memory, holding exactly
-    the values stored (already rounded when `dtype` is float16).
+    theta: (d - m,) and lam: (m,) for SAID (lam None for DID; optional for lowrank), float32 in
+    memory, holding exactly the values stored (already rounded when `dtype` is float16).
+    rank, targets: lowrank only (targets: comma-separated module-name suffixes).
     """
 
     model: str
@@ -62,6 +68,8 @@ class TaskArtifact:
     dtype: str = "float32"
     spec: str = SPEC_VERSION
     format: int = FORMAT_VERSION
+    rank: int | None = None
+    targets: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -75,8 +83,24 @@ class TaskArtifact:
             if t.ndim != 1 or not torch.isfinite(t).all():
                 raise ArtifactFormatError(f"{name} must be a finite 1-D vector")
             object.__setattr__(self, name, t)
-        if (self.lam is None) != (self.method == "did"):
-            raise ArtifactFormatError("SAID tasks need λ and DID tasks must not have it")
+        try:
+            method = get_method(self.method)
+        except SubspaceConfigError as exc:
+            raise ArtifactFormatError(f"task file names an unknown method: {exc}") from exc
+        if self.spec != method.spec:
+            raise SpecVersionError(
+                f"a {self.method} task needs projection spec '{method.spec}', the file names "
+                f"'{self.spec}'"
+            )
+        if method.scales == "required" and self.lam is None:
+            raise ArtifactFormatError(f"{self.method} tasks need λ (one scale per tensor)")
+        if method.scales == "forbidden" and self.lam is not None:
+            raise ArtifactFormatError(f"{self.method} tasks must not have λ")
+        takes_rank = "rank" in method.option_names
+        if takes_rank != (self.rank is not None) or (self.targets is not None and not takes_rank):
+            raise ArtifactFormatError(
+                f"a {self.method} task {'needs' if takes_rank else 'has no'} rank and targets"
+            )
         m = 0 if self.lam is None else self.lam.numel()
         if self.theta.numel() + m != self.dim:
             raise ArtifactFormatError(
@@ -88,6 +112,7 @@ class TaskArtifact:
             f.name: copy.deepcopy(getattr(self, f.name))
             for f in fields(self)
             if f.name not in ("theta", "lam")  # tensors: never deep-copied just to be dropped
+            and not (f.name in _OPTIONAL_FIELDS and getattr(self, f.name) is None)
         }
         meta["metrics"] = {k: round(float(v), 4) for k, v in self.metrics.items()}
         meta["lambdas"] = 0 if self.lam is None else self.lam.numel()
@@ -135,9 +160,10 @@ class TaskArtifact:
             raise ArtifactFormatError(f"not a kilotask task file: {exc}") from exc
         if "format" not in meta or "spec" not in meta:
             raise ArtifactFormatError("not a kilotask task file: no kilotask metadata")
-        if meta.get("spec") != SPEC_VERSION:
+        if meta.get("spec") not in known_specs():
             raise SpecVersionError(
-                f"task uses projection spec '{meta.get('spec')}'; this build reads {SPEC_VERSION}"
+                f"task uses projection spec '{meta.get('spec')}'; this build reads "
+                f"{', '.join(sorted(known_specs()))}"
             )
         if meta.get("format") != FORMAT_VERSION:
             raise ArtifactFormatError(f"task file format {meta.get('format')} is not supported")

@@ -88,22 +88,32 @@ def _cached_digest(path: str, model: torch.nn.Module, exclude: frozenset[str]) -
     return _DIGEST_CACHE[key]
 
 
+def seeded_value(name: str, shape: tuple[int, ...], seed: int, std: float) -> torch.Tensor:
+    """The seeded initial value of parameter `name` (float32, CPU): N(0, std²) weights from
+    stream crc32("init:" + name) in row-major order, biases 0, 1-D weights (norms) 1."""
+    if name.endswith("bias"):
+        return torch.zeros(shape)
+    if len(shape) == 1:
+        return torch.ones(shape)
+    n = 1
+    for s in shape:
+        n *= s
+    return spec.gaussians(seed, spec.name_stream(name), n).view(shape) * std
+
+
+def init_std(model: PreTrainedModel) -> float:
+    return float(getattr(model.config, "initializer_range", 0.02))
+
+
 def seeded_init_(model: PreTrainedModel, names: frozenset[str], seed: int) -> None:
     """Initialise the parameters the checkpoint lacks (the classifier head) from the seed, not
-    from torch's RNG, so that (base, seed, θ_d, λ) fixes the whole model (DESIGN.md §4.6).
-    Weights ~ N(0, initializer_range²), biases 0, 1-D weights (norms) 1, as BERT does."""
-    std = float(getattr(model.config, "initializer_range", 0.02))
+    from torch's RNG, so that (base, seed, θ_d, λ) fixes the whole model (DESIGN.md §4.6)."""
+    std = init_std(model)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in sorted(names):
             p = params[name]
-            if name.endswith("bias"):
-                p.zero_()
-            elif p.ndim == 1:
-                p.fill_(1.0)
-            else:
-                g = spec.gaussians(seed, spec.name_stream(name), p.numel()).view(p.shape)
-                p.copy_(g * std)
+            p.copy_(seeded_value(name, tuple(p.shape), seed, std))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from app.engine.data import (
 from app.engine.errors import DataFormatError, SubspaceConfigError
 from app.engine.metrics import classification_metrics
 from app.engine.reconstruct import load_task_model
-from app.engine.subspace import SubspaceConfig, SubspaceModel
+from app.engine.methods import TaskSettings, check_settings, get_method
 from app.engine.trainer import TrainCallbacks, TrainConfig, evaluate, predict_logits, train
 
 
@@ -39,6 +39,7 @@ class TrainRequest:
     max_length: int = 128
     storage_dtype: str = "float32"
     config: TrainConfig = field(default_factory=TrainConfig)
+    options: dict = field(default_factory=dict)  # method-specific (lowrank: rank, targets, scales)
 
 
 @dataclass
@@ -57,9 +58,10 @@ def run_fingerprint(req: TrainRequest) -> str:
     cfg = {
         k: v for k, v in asdict(req.config).items() if k not in ("eval_every", "checkpoint_every")
     }
-    h.update(
-        json.dumps([req.model, req.dim, req.seed, req.max_length, cfg], sort_keys=True).encode()
-    )
+    key = [req.model, req.dim, req.seed, req.max_length, cfg]
+    if req.options:  # absent for SAID/DID, so their fingerprints stay what they were
+        key.append({k: list(v) if isinstance(v, tuple) else v for k, v in req.options.items()})
+    h.update(json.dumps(key, sort_keys=True).encode())
     for data in (req.train_data, req.eval_data):
         if data is not None:
             h.update(json.dumps([data.texts, data.text_pairs, data.labels]).encode())
@@ -99,7 +101,9 @@ def train_task(
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        model = SubspaceModel(base.model, SubspaceConfig(method, req.dim, req.seed), device=device)
+        settings = TaskSettings.of(method, req.dim, req.seed, **req.options)
+        check_settings(base.model, base.seeded, settings)
+        model = get_method(method).build(base.model, base.seeded, settings, device)
     result = train(
         model,
         train_set,
@@ -129,6 +133,8 @@ def train_task(
         theta=model.theta,
         lam=model.lam,
         dtype=req.storage_dtype,
+        spec=get_method(method).spec,
+        **model.artifact_fields(),
     )
     model.load_vector(
         artifact.theta.to(device), None if artifact.lam is None else artifact.lam.to(device)

@@ -12,7 +12,8 @@ from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, load_base
 from app.engine.errors import BaseModelMismatchError, SubspaceConfigError
 from app.engine.fastfood import get_projection
-from app.engine.subspace import SubspaceConfig, SubspaceModel, projected_dim
+from app.engine.methods import TaskSettings, get_method
+from app.engine.subspace import SubspaceConfig, projected_dim
 
 
 def check_compatible(base: BaseModel, task: TaskArtifact) -> None:
@@ -35,10 +36,23 @@ def reconstruct(
     `base` must have been loaded with the task's seed and label count (see `load_task_model`).
     """
     check_compatible(base, task)
-    config = SubspaceConfig(method=task.method, dim=task.dim, seed=task.seed, spec=task.spec)
-    sub = SubspaceModel(base.model, config, device=device)
-    sub.load_vector(task.theta.to(device), None if task.lam is None else task.lam.to(device))
-    return sub.materialize().eval()
+    wrapped = get_method(task.method).build(base.model, base.seeded, settings_of(task), device)
+    wrapped.load_vector(task.theta.to(device), None if task.lam is None else task.lam.to(device))
+    return wrapped.materialize().eval()
+
+
+def settings_of(task: TaskArtifact) -> TaskSettings:
+    """The method settings a task file records (lowrank: rank, targets, scales)."""
+    if task.rank is None:
+        return TaskSettings.of(task.method, task.dim, task.seed)
+    return TaskSettings.of(
+        task.method,
+        task.dim,
+        task.seed,
+        rank=task.rank,
+        targets=tuple(task.targets.split(",")) if task.targets else None,
+        scales=task.lam is not None,
+    )
 
 
 def load_task_model(

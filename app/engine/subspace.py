@@ -165,6 +165,10 @@ class SubspaceModel(nn.Module):
     def forward(self, **batch: torch.Tensor):
         return functional_call(self.model, self.weights(), args=(), kwargs=batch)
 
+    def artifact_fields(self) -> dict:
+        """Method-specific task-file fields: none for SAID and DID."""
+        return {}
+
     def load_vector(self, theta: torch.Tensor, lam: torch.Tensor | None) -> None:
         """Set θ_d (and λ) from stored values, checking shapes."""
         if tuple(theta.shape) != (self.d_proj,):
@@ -187,3 +191,22 @@ class SubspaceModel(nn.Module):
         if self.lam is not None:
             self.lam.fill_(1.0)
         return self.model
+
+
+def _register() -> None:
+    """SAID and DID in the method registry (app/engine/methods.py)."""
+    from app.engine.methods import Method, TaskSettings, register
+
+    def build(model, seeded, settings: TaskSettings, device="cpu") -> SubspaceModel:
+        return SubspaceModel(model, SubspaceConfig(settings.method, settings.dim, settings.seed), device)
+
+    def dim_range(model, seeded, settings: TaskSettings) -> tuple[int, int]:
+        m = len(canonical_names(model))
+        D = sum(p.numel() for p in model.parameters())
+        return (m + 1 if settings.method == "said" else 1), D
+
+    register(Method("said", SPEC_VERSION, 0.2, "required", build, dim_range))
+    register(Method("did", SPEC_VERSION, 0.2, "forbidden", build, dim_range))
+
+
+_register()

@@ -19,10 +19,11 @@ from torch.func import functional_call
 
 from app.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from app.engine.data import batches_per_epoch, make_loader
+from app.engine.methods import get_method
 from app.engine.metrics import classification_metrics
 from app.engine.subspace import SubspaceModel
 
-DEFAULT_LR = {"said": 0.2, "did": 0.2, "full": 3e-5}
+FULL_LR = 3e-5
 
 
 @dataclass
@@ -31,7 +32,7 @@ class TrainConfig:
     well-conditioned d-dimensional space: the paper searches 4 values around 1e-2); full
     fine-tuning wants the usual 1e-5 to 5e-5. Leave learning_rate None for those defaults."""
 
-    method: Literal["said", "did", "full"] = "said"
+    method: str = "said"  # a registered method (app/engine/methods.py) or "full"
     epochs: int | None = None  # either epochs or max_steps; both None means 1 epoch
     max_steps: int | None = None
     learning_rate: float | None = None
@@ -50,7 +51,9 @@ class TrainConfig:
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return FULL_LR if self.method == "full" else get_method(self.method).default_lr
 
 
 @dataclass

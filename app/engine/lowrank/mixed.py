@@ -1,0 +1,287 @@
+"""One base classifier answering rows of many lowrank tasks in ONE forward pass.
+
+Every target layer runs its base GEMM once for the whole batch, then adds each row's own
+low-rank correction: z = x·A_allᵀ (one GEMM over the seeds in the batch; A is shared by all
+tasks of a seed), then a batched matmul of z with each row's gathered λ·B (a per-row gather, as
+Punica's BGMV). Head layers (the seeded ones) use each row's own weights, padded to the largest
+label count in the batch. The base weights are never written, so model workers on several
+threads share one model; each thread's batch lives in a thread-local context.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.engine.base import BaseModel, init_std, seeded_value
+from app.engine.errors import SubspaceConfigError
+from app.engine.lowrank.config import LowRankConfig
+from app.engine.lowrank.layout import (
+    LowRankLayout,
+    Target,
+    layout_for,
+    projected_dim,
+    projection_for,
+    seeded_a,
+    task_factors,
+)
+
+
+@dataclass
+class LowRankFactors:
+    """A lowrank task ready to serve: λ_t·B_t for every target in one flat buffer, and its full
+    head weights (seeded init + λ·δ). About 4·(rank·Σ out + head) bytes."""
+
+    seed: int
+    layout: LowRankLayout
+    b: torch.Tensor  # (layout.b_size,) float32: [λ_t·B_t row-major] in target order
+    head: dict[str, torch.Tensor]  # parameter name -> full value
+    num_labels: int
+    offsets: dict[str, int] = field(default_factory=dict)  # target name -> offset in b
+
+    def __post_init__(self) -> None:
+        off = 0
+        for t in self.layout.targets:
+            self.offsets[t.name] = off
+            off += t.out_features * self.layout.rank
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.b, *self.head.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def b_of(self, target: Target) -> torch.Tensor:
+        """λ_t·B_t: (out, rank) view."""
+        off, r = self.offsets[target.name], self.layout.rank
+        return self.b[off : off + target.out_features * r].view(target.out_features, r)
+
+
+@dataclass
+class _Batch:
+    """What the hooks read for one forward: per target and head module, what to add."""
+
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]]  # name -> (A_all, B, per_row)
+    heads: dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]  # name -> (W, bias, per_row)
+
+
+class MixedLowRankModel:
+    """Serves lowrank tasks of one base (any label count, seed, rank and targets) from
+    `base.model`, whose own weights are never modified."""
+
+    def __init__(self, base: BaseModel, device: str | torch.device = "cpu") -> None:
+        self.base = base
+        self.device = torch.device(device)
+        self.model = base.model.to(self.device).eval()
+        self._modules = dict(self.model.named_modules())
+        self._std = init_std(self.model)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._hooked: set[str] = set()
+        self._a: dict[tuple[int, str], torch.Tensor] = {}  # (seed, target) -> A at the max rank
+        self._layouts: dict[tuple, LowRankLayout] = {}
+        self._skeletons: dict[int, nn.Module] = {}  # label count -> meta-device classifier
+
+    # ---- rebuilding a task -------------------------------------------------------------------
+    def layout(self, config: LowRankConfig, num_labels: int) -> LowRankLayout:
+        key = (config.rank, config.targets, config.scales, num_labels)
+        with self._lock:
+            if key not in self._layouts:
+                self._layouts[key] = layout_for(
+                    self._skeleton(num_labels), self.base.seeded, config
+                )
+            return self._layouts[key]
+
+    def _skeleton(self, num_labels: int) -> nn.Module:
+        """The classifier's shapes for `num_labels` labels, without storage."""
+        if num_labels not in self._skeletons:
+            from transformers import AutoModelForSequenceClassification
+
+            cfg = type(self.model.config).from_dict(
+                {**self.model.config.to_dict(), "num_labels": num_labels}
+            )
+            with torch.device("meta"):
+                self._skeletons[num_labels] = AutoModelForSequenceClassification.from_config(cfg)
+        return self._skeletons[num_labels]
+
+    @torch.no_grad()
+    def build(
+        self,
+        config: LowRankConfig,
+        num_labels: int,
+        theta: torch.Tensor,
+        lam: torch.Tensor | None,
+    ) -> LowRankFactors:
+        """A task's factors from θ_d: one small projection and its seeded head (a few ms)."""
+        layout = self.layout(config, num_labels)
+        if tuple(theta.shape) != (projected_dim(layout, config.dim),):
+            raise SubspaceConfigError(
+                f"θ has shape {tuple(theta.shape)}, expected ({projected_dim(layout, config.dim)},)"
+            )
+        if (lam is None) != (layout.num_scales == 0) or (
+            lam is not None and lam.numel() != layout.num_scales
+        ):
+            raise SubspaceConfigError(f"λ must have {layout.num_scales} entries")
+        projection = projection_for(layout, config.dim, config.seed, self.device)
+        bs, heads = task_factors(
+            layout,
+            theta.to(self.device, torch.float32),
+            None if lam is None else lam.to(self.device, torch.float32),
+            projection,
+        )
+        b = torch.cat([x.reshape(-1) for x in bs]) if bs else torch.empty(0, device=self.device)
+        head = {
+            name: seeded_value(name, shape, config.seed, self._std).to(self.device) + delta
+            for (name, shape), delta in zip(layout.head, heads, strict=True)
+        }
+        self._ensure_hooks(layout)
+        return LowRankFactors(config.seed, layout, b, head, num_labels)
+
+    def _ensure_hooks(self, layout: LowRankLayout) -> None:
+        with self._lock:
+            for t in layout.targets:
+                if t.name not in self._hooked:
+                    self._modules[t.name].register_forward_hook(self._target_hook(t.name))
+                    self._hooked.add(t.name)
+            for module_name in {n.rsplit(".", 1)[0] for n, _ in layout.head}:
+                if module_name not in self._hooked:
+                    module = self._modules[module_name]
+                    if not isinstance(module, nn.Linear):
+                        raise SubspaceConfigError(
+                            f"head layer '{module_name}' is not nn.Linear: cannot serve mixed"
+                        )
+                    module.register_forward_hook(self._head_hook(module_name))
+                    self._hooked.add(module_name)
+
+    def _a_of(self, seed: int, target: Target, rank: int) -> torch.Tensor:
+        key = (seed, target.name)
+        a = self._a.get(key)
+        if a is None or a.shape[0] < rank:  # the first r rows of a larger A are rank r's
+            a = self._a[key] = seeded_a(seed, target, rank).to(self.device)
+        return a[:rank]
+
+    # ---- one mixed forward -------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, rows: list[LowRankFactors], encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N, C_max) logits for N encoded rows, row i answered by task rows[i]; entries past a
+        row's own label count are padding (zero weights) for the caller to drop."""
+        self._local.batch = self._prepare(rows)
+        try:
+            return self.model(**encoded).logits.float()
+        finally:
+            self._local.batch = None
+
+    def _prepare(self, rows: list[LowRankFactors]) -> _Batch:
+        uniq: dict[int, int] = {}
+        tasks: list[LowRankFactors] = []
+        index = []
+        for f in rows:
+            if id(f) not in uniq:
+                uniq[id(f)] = len(tasks)
+                tasks.append(f)
+            index.append(uniq[id(f)])
+        idx = torch.tensor(index, device=self.device)
+        single = len(tasks) == 1
+        targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+        names = {t.name: t for f in tasks for t in f.layout.targets}
+        same = all(f.layout.targets == tasks[0].layout.targets for f in tasks) and all(
+            (f.seed, f.layout.rank) == (tasks[0].seed, tasks[0].layout.rank) for f in tasks
+        )
+        if single or same:
+            first = tasks[0]
+            r = first.layout.rank
+            stacked = None if single else torch.stack([f.b for f in tasks])[idx]  # (N, b_size)
+            for t in first.layout.targets:
+                a = self._a_of(first.seed, t, r)
+                if single:
+                    targets[t.name] = (a, first.b_of(t), False)
+                else:
+                    off = first.offsets[t.name]
+                    b = stacked[:, off : off + t.out_features * r].view(-1, t.out_features, r)
+                    targets[t.name] = (a, b, True)
+        else:
+            targets = self._slots(tasks, names, idx)
+        heads = self._heads(tasks, idx, single)
+        return _Batch(targets, heads)
+
+    def _slots(self, tasks, names, idx) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
+        """Tasks of several seeds, ranks or target sets: one slot of columns per seed (as wide
+        as its largest rank); a row's B fills its seed's slot, zeros elsewhere."""
+        width: dict[int, int] = {}
+        for f in tasks:
+            width[f.seed] = max(width.get(f.seed, 0), f.layout.rank)
+        offset, total = {}, 0
+        for seed in sorted(width):
+            offset[seed], total = total, total + width[seed]
+        out = {}
+        for name, t in names.items():
+            a_all = torch.cat([self._a_of(s, t, width[s]) for s in sorted(width)])  # (R, in)
+            b = torch.zeros(len(tasks), t.out_features, total, device=self.device)
+            for u, f in enumerate(tasks):
+                if name in f.offsets:
+                    lo = offset[f.seed]
+                    b[u, :, lo : lo + f.layout.rank] = f.b_of(t)
+            out[name] = (a_all, b[idx], True)
+        return out
+
+    def _heads(self, tasks, idx, single) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]:
+        heads = {}
+        module_names = {n.rsplit(".", 1)[0] for f in tasks for n in f.head}
+        for m in module_names:
+            ws = [f.head[m + ".weight"] for f in tasks]
+            bs = [f.head.get(m + ".bias") for f in tasks]
+            if single:
+                heads[m] = (ws[0], bs[0], False)
+                continue
+            rows_max = max(w.shape[0] for w in ws)
+            w = torch.zeros(len(tasks), rows_max, ws[0].shape[1], device=self.device)
+            b = torch.zeros(len(tasks), rows_max, device=self.device)
+            for u, (wu, bu) in enumerate(zip(ws, bs, strict=True)):
+                w[u, : wu.shape[0]] = wu
+                if bu is not None:
+                    b[u, : bu.shape[0]] = bu
+            heads[m] = (w[idx], b[idx], True)
+        return heads
+
+    def _target_hook(self, name: str):
+        def add_rows(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            batch = getattr(self._local, "batch", None)
+            if batch is None or name not in batch.targets:
+                return output
+            a, b, per_row = batch.targets[name]
+            x = args[0]
+            if not per_row:
+                return output + F.linear(F.linear(x, a), b)
+            z = F.linear(x, a).reshape(x.shape[0], -1, a.shape[0])  # (N, T, R)
+            corr = torch.bmm(z, b.transpose(1, 2))  # (N, T, out)
+            return output + corr.view(output.shape)
+
+        return add_rows
+
+    def _head_hook(self, name: str):
+        def rows_head(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            batch = getattr(self._local, "batch", None)
+            if batch is None or name not in batch.heads:
+                return output
+            w, b, per_row = batch.heads[name]
+            x = args[0]
+            if not per_row:
+                return F.linear(x, w, b)
+            x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, in)
+            y = torch.baddbmm(b.unsqueeze(1), x3, w.transpose(1, 2))  # (N, T, C_max)
+            return y.view(*x.shape[:-1], w.shape[1])
+
+        return rows_head
+
+
+def softmax_rows(logits: torch.Tensor, num_labels: list[int]) -> list[torch.Tensor]:
+    """Per-row probabilities over each row's own labels (padding columns dropped)."""
+    return [torch.softmax(logits[i, :c], -1) for i, c in enumerate(num_labels)]
+
+
+def bytes_per_task(layout: LowRankLayout) -> int:
+    return 4 * (layout.b_size + sum(math.prod(s) for _, s in layout.head))
