@@ -27,6 +27,27 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_lowrank(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rank", type=int, help="lowrank: rank r of each target's delta (default 8)")
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        help="lowrank: names of the nn.Linear layers to adapt (default: query value)",
+    )
+    p.add_argument(
+        "--scales",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="lowrank: one learned scale per target (counted in d; default on)",
+    )
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """--rank/--targets/--scales as method options (refused by methods that do not take them)."""
+    opts = {"rank": args.rank, "targets": args.targets, "scales": args.scales}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items() if v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kilotask", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train", required=True, help="CSV, TSV or JSONL file with a header")
     t.add_argument("--eval", help="evaluation file (same columns)")
     _add_columns(t)
-    t.add_argument("--method", choices=["said", "did", "full"], default="said")
+    t.add_argument("--method", choices=["said", "did", "lowrank", "full"], default="said")
     t.add_argument("--dim", type=int, default=1000, help="subspace dimension d (SAID counts λ)")
+    _add_lowrank(t)
     t.add_argument("--seed", type=int, default=0, help="projection and head seed")
     steps = t.add_mutually_exclusive_group()
     steps.add_argument("--epochs", type=int)
@@ -86,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train", required=True, help="CSV, TSV or JSONL file with a header")
     d.add_argument("--eval", required=True, help="evaluation file (same columns)")
     _add_columns(d)
-    d.add_argument("--method", choices=["said", "did"], default="said")
+    d.add_argument("--method", choices=["said", "did", "lowrank"], default="said")
+    _add_lowrank(d)
     d.add_argument("--lr-grid", type=float, nargs="+", default=[0.05, 0.2, 0.5])
     d.add_argument("--full-lr-grid", type=float, nargs="+", default=[2e-5, 5e-5])
     d.add_argument("--min-d", type=int, default=10)
@@ -190,7 +213,15 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every if args.checkpoint else None,
     )
     req = TrainRequest(
-        args.model, train_data, eval_data, args.dim, args.seed, args.max_length, args.dtype, config
+        args.model,
+        train_data,
+        eval_data,
+        args.dim,
+        args.seed,
+        args.max_length,
+        args.dtype,
+        config,
+        _method_options(args),
     )
     with ProgressBar(disabled=args.quiet) as bar:
         outcome = train_task(req, bar, args.checkpoint, _device(args.device))
@@ -218,7 +249,13 @@ def _d90(args: argparse.Namespace) -> int:
         return 2
     train_data, eval_data = _read_train_eval(args)
     setup = D90Setup(
-        args.model, args.budget_steps, args.batch_size, args.max_length, args.metric, args.seed
+        args.model,
+        args.budget_steps,
+        args.batch_size,
+        args.max_length,
+        args.metric,
+        args.seed,
+        tuple(sorted(_method_options(args).items())),
     )
     plan = D90Plan(
         method=args.method,

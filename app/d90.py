@@ -47,14 +47,24 @@ class D90Setup:
     max_length: int = 128
     metric: str = "accuracy"  # accuracy, f1 or mcc (CoLA)
     seed: int = 0
+    options: tuple[tuple[str, object], ...] = ()  # method options (lowrank: rank, targets)
+
+    def _settings(self) -> dict:
+        """asdict without empty options, so searches from before options existed still match."""
+        out = asdict(self)
+        if not self.options:
+            del out["options"]
+        else:
+            out["options"] = [[k, list(v) if isinstance(v, tuple) else v] for k, v in self.options]
+        return out
 
     def fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
-        return _digest([asdict(self), asdict(plan)], train, eval_)
+        return _digest([self._settings(), asdict(plan)], train, eval_)
 
     def runs_fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
         """What fixes a run's result besides (kind, d, lr), whatever the method and the d range
         searched: searches that share it can share runs."""
-        return _digest([asdict(self), list(plan.full_lr_grid)], train, eval_)
+        return _digest([self._settings(), list(plan.full_lr_grid)], train, eval_)
 
 
 def _digest(settings: list, train: LabelledText, eval_: LabelledText) -> str:
@@ -191,7 +201,14 @@ def train_run(
         eval_every=setup.budget_steps,
     )
     req = TrainRequest(
-        setup.model, train, eval_, max(d, 1), setup.seed, setup.max_length, config=config
+        setup.model,
+        train,
+        eval_,
+        max(d, 1),
+        setup.seed,
+        setup.max_length,
+        config=config,
+        options={} if kind == "full" else dict(setup.options),
     )
     outcome = train_task(req, callbacks, device=device)
     task = outcome.artifact.to_bytes() if outcome.artifact is not None else None
@@ -213,18 +230,20 @@ def majority_score(train: LabelledText, eval_: LabelledText, metric: str) -> flo
 
 
 def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
-    """SAID spends m of d on per-tensor scales, so its d starts above m; max_d stays below D."""
+    """Methods with scales spend m of d on them (SAID: one per tensor), so d starts above m;
+    max_d stays within what the method accepts (D, or lowrank's projection size)."""
     from app.engine.base import load_base
     from app.engine.data import label_names_from
+    from app.engine.methods import TaskSettings, get_method
 
     base = load_base(setup.model, len(label_names_from(train.labels or [])), setup.seed)
-    m = len(list(base.model.parameters()))
-    low = m + 1 if plan.method == "said" else 1
-    high = min(plan.max_d, base.num_parameters)
+    settings = TaskSettings.of(plan.method, plan.min_d, setup.seed, **dict(setup.options))
+    low, top = get_method(plan.method).dim_range(base.model, base.seeded, settings)
+    high = min(plan.max_d, top)
     if low >= high:
         raise SubspaceConfigError(
             f"no d to search for {plan.method}: the range [{low}, {high}] is empty"
-            + (f" (SAID needs d > {m}, one λ per tensor)" if plan.method == "said" else "")
+            + (f" ({plan.method} needs d > {low - 1}: its scales count in d)" if low > 1 else "")
         )
     return replace(plan, min_d=max(plan.min_d, low), max_d=high)
 

@@ -43,6 +43,8 @@ def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> 
         metrics=dict(art.metrics),
         digest=art.digest,
         size_bytes=len(art.to_bytes()),
+        rank=art.rank,
+        targets=art.targets,
     )
 
 
@@ -63,4 +65,6 @@ def artifact_from_row(row: Task) -> TaskArtifact:
         metrics=dict(row.metrics),
         dtype=row.dtype,
         spec=row.spec,
+        rank=row.rank,
+        targets=row.targets,
     )

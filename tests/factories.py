@@ -102,3 +102,43 @@ def make_task(model_id: str, base, dim: int = 100, **overrides):
     )
     fields.update(overrides)
     return TaskArtifact(**fields)
+
+
+def make_lowrank_task(
+    model_id: str,
+    num_labels: int = 2,
+    seed: int = 0,
+    dim: int = 60,
+    rank: int = 4,
+    targets: tuple[str, ...] | None = None,
+    scales: bool = True,
+    gen_seed: int = 0,
+    **overrides,
+):
+    """A lowrank TaskArtifact for the base at `model_id` with random θ (and λ near 1)."""
+    from app.engine.artifact import TaskArtifact
+    from app.engine.base import load_base
+    from app.engine.lowrank import LowRankConfig, LowRankModel
+
+    base = load_base(model_id, num_labels, seed)
+    model = LowRankModel(base.model, base.seeded, LowRankConfig(dim, seed, rank, targets, scales))
+    gen = torch.Generator().manual_seed(gen_seed)
+    m = model.layout.num_scales
+    fields = dict(
+        model=model_id,
+        base_digest=base.digest,
+        seed=seed,
+        method="lowrank",
+        dim=dim,
+        D=model.D,
+        labels=[str(k) for k in range(num_labels)],
+        text_column="sentence",
+        text_pair_column=None,
+        max_length=16,
+        theta=torch.randn(model.d_proj, generator=gen) * 3,
+        lam=1 + 0.2 * torch.randn(m, generator=gen) if m else None,
+        spec="lowrank-v1",
+        **model.artifact_fields(),
+    )
+    fields.update(overrides)
+    return TaskArtifact(**fields)

@@ -43,8 +43,15 @@ POLL_S = 0.5
 def setup_and_plan(job: Job) -> tuple[D90Setup, D90Plan]:
     hp = dict(job.hyperparameters)
     setup = D90Setup(
-        job.model, hp["budget_steps"], hp["batch_size"], hp["max_length"], hp["metric"], job.seed
-    )
+        job.model,
+        hp["budget_steps"],
+        hp["batch_size"],
+        hp["max_length"],
+        hp["metric"],
+        job.seed,
+        tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                     for k, v in (job.options or {}).items())),
+    )  # fmt: skip
     plan = D90Plan(
         method=job.method,
         min_d=hp["min_d"],

@@ -131,6 +131,7 @@ def run_job(job_id: str, device: str = "cpu") -> str:
                     max_length,
                     storage_dtype,
                     config,
+                    dict(job.options or {}),
                 )
                 outcome = train_task(request, JobReporter(session, job, ckpt), str(ckpt), device)
             except TrainingCancelled:

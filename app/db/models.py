@@ -90,6 +90,7 @@ class Job(Base):
     train_dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset.id"))
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("dataset.id"))
     hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    options: Mapped[dict | None] = mapped_column(JSON)  # method options (lowrank: rank, targets)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -164,4 +165,6 @@ class Task(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int | None] = mapped_column(Integer)  # lowrank only
+    targets: Mapped[str | None] = mapped_column(String(255))  # lowrank only, comma-separated
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -97,6 +97,10 @@ def train_task(
         _dataset(req.eval_data, base.tokenizer, req.max_length, labels) if req.eval_data else None
     )
     if method == "full":
+        if req.options:
+            raise SubspaceConfigError(
+                f"option(s) {', '.join(sorted(req.options))} do not apply to full fine-tuning"
+            )
         model = base.model.to(device)
         for p in model.parameters():
             p.requires_grad_(True)

@@ -15,7 +15,10 @@ class D90Create(BaseModel):
     model: str | None = Field(None, description="base model id; default: the server's")
     train_dataset: str
     eval_dataset: str
-    method: Literal["said", "did"] = "said"
+    method: Literal["said", "did", "lowrank"] = "said"
+    rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 8)")
+    targets: list[str] | None = Field(None, min_length=1, max_length=32)
+    scales: bool | None = None
     seed: int = Field(0, ge=0, le=MAX_SEED)
     min_d: int = Field(10, ge=1)
     max_d: int = Field(100_000, ge=2)
@@ -43,6 +46,11 @@ class D90Create(BaseModel):
     )
 
     @model_validator(mode="after")
+    def options(self) -> dict:
+        """The method options that were set (lowrank: rank, targets, scales)."""
+        opts = {"rank": self.rank, "targets": self.targets, "scales": self.scales}
+        return {k: v for k, v in opts.items() if v is not None}
+
     def _range(self) -> D90Create:
         if self.min_d >= self.max_d:
             raise ValueError("min_d must be smaller than max_d")

@@ -38,10 +38,23 @@ class JobCreate(BaseModel):
     model: str | None = Field(None, description="base model id; default: the server's")
     train_dataset: str
     eval_dataset: str | None = None
-    method: Literal["said", "did", "full"]
+    method: Literal["said", "did", "lowrank", "full"]
     dim: int = Field(1000, ge=1, description="subspace dimension d (SAID counts its λs)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 8)")
+    targets: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="lowrank: names of the nn.Linear layers to adapt (default: query, value)",
+    )
+    scales: bool | None = Field(None, description="lowrank: one learned scale per target")
     hyperparameters: Hyperparameters = Hyperparameters()
+
+    def options(self) -> dict:
+        """The method options that were set (lowrank: rank, targets, scales)."""
+        opts = {"rank": self.rank, "targets": self.targets, "scales": self.scales}
+        return {k: v for k, v in opts.items() if v is not None}
 
 
 class Progress(BaseModel):
@@ -65,6 +78,7 @@ class JobPublic(BaseModel):
     train_dataset: str
     eval_dataset: str | None
     hyperparameters: dict
+    options: dict = {}
     progress: Progress
     metrics: dict
     error: JobError | None
@@ -87,6 +101,7 @@ class JobPublic(BaseModel):
             train_dataset=job.train_dataset_id,
             eval_dataset=job.eval_dataset_id,
             hyperparameters=job.hyperparameters,
+            options=job.options or {},
             progress=Progress(step=job.step, total=job.total_steps),
             metrics=job.metrics or {},
             error=JobError(code=job.error_code, message=job.error_message or "")

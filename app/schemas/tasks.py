@@ -22,6 +22,8 @@ class TaskPublic(BaseModel):
     max_length: int
     metrics: dict
     digest: str
+    rank: int | None = None  # lowrank only
+    targets: str | None = None  # lowrank only: adapted module names, comma-separated
     bytes: int = Field(validation_alias=AliasChoices("size_bytes", "bytes"))
     created_at: UtcDatetime
 

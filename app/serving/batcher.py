@@ -1,6 +1,7 @@
 """Continuous micro-batching: requests queue per task; model workers run the batches, and each
 time a worker is free it takes every pending input of the task that has waited longest (up to
-`max_batch`). Inputs that arrive while the workers are busy therefore join the next batch, and a
+`max_batch`). Tasks of a mixable method (lowrank) share one queue per base model instead: their
+rows of any mix of tasks go into one forward pass (app/serving/lowrank_pool.py). Inputs that arrive while the workers are busy therefore join the next batch, and a
 lone request waits at most `max_wait_ms` for company.
 
 On CPU there is one worker per core, each with one intra-op thread: a small batch (the common
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from app.engine.artifact import TaskArtifact
+from app.engine.methods import get_method
 from app.serving.cache import TaskCache, classify
+from app.serving.lowrank_pool import LowRankPool, classify_mixed
 from app.serving.tally import Tally
 
 Item = tuple[str, str | None]
@@ -30,6 +33,7 @@ def default_workers(device: str) -> int:
 
 @dataclass
 class _Request:
+    task: TaskArtifact
     items: list[Item]
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
@@ -37,7 +41,8 @@ class _Request:
 
 @dataclass
 class _Queue:
-    task: TaskArtifact
+    task: TaskArtifact  # the queue's task (for a mixed queue: its first request's)
+    mixed: bool = False  # requests of many tasks, run together by the lowrank pool
     requests: list[_Request] = field(default_factory=list)
     pending: int = 0  # inputs in `requests`
 
@@ -49,8 +54,10 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
         workers: int | None = None,
+        pool: LowRankPool | None = None,
     ) -> None:
         self.cache, self.max_batch, self.max_wait = cache, max_batch, max_wait_ms / 1000
+        self.pool = pool
         self.max_delay = max(0.05, 10 * self.max_wait)  # longest a task is passed over
         self.workers = workers or default_workers(cache.device)
         threads_each = max(1, torch.get_num_threads() // self.workers)
@@ -74,9 +81,11 @@ class MicroBatcher:
             self._queues.clear()
             loop.create_task(self._consume())
         futures = []
+        mixed = self.pool is not None and get_method(task.method).mixable
+        key = f"mixed:{task.model}" if mixed else task.digest
         for lo in range(0, len(items), self.max_batch):
-            request = _Request(items[lo : lo + self.max_batch], loop.create_future())
-            queue = self._queues.setdefault(task.digest, _Queue(task))
+            request = _Request(task, items[lo : lo + self.max_batch], loop.create_future())
+            queue = self._queues.setdefault(key, _Queue(task, mixed))
             queue.requests.append(request)
             queue.pending += len(request.items)
             futures.append(request.future)
@@ -96,7 +105,7 @@ class MicroBatcher:
                 running.add(run)
                 run.add_done_callback(lambda done: (running.discard(done), free.release()))
 
-    def _take(self) -> tuple[TaskArtifact, list[_Request]]:
+    def _take(self) -> tuple[_Queue, list[_Request]]:
         """Up to max_batch inputs (whole requests) of one task: the task with the most inputs
         pending, since on CPU every batch streams its task's whole weights once, unless the
         task that has waited longest has waited too long (no task starves)."""
@@ -115,18 +124,27 @@ class MicroBatcher:
             del self._queues[digest]
         else:
             self._queues.move_to_end(digest)  # fairness: other tasks go next
-        return queue.task, batch
+        return queue, batch
 
-    async def _run(self, work: tuple[TaskArtifact, list[_Request]]) -> None:
-        task, batch = work
+    async def _run(self, work: tuple[_Queue, list[_Request]]) -> None:
+        queue, batch = work
         items = [item for request in batch for item in request.items]
-        texts = [t for t, _ in items]
-        pairs = [p or "" for _, p in items] if task.text_pair_column else None
         start = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._compute, task, texts, pairs
-            )
+            if queue.mixed:
+                tasks = [request.task for request in batch for _ in request.items]
+                rows = await loop.run_in_executor(
+                    self._executor, classify_mixed, self.pool, tasks, items
+                )
+                probs = torch.stack(rows) if len({r.numel() for r in rows}) == 1 else rows
+            else:
+                task = queue.task
+                texts = [t for t, _ in items]
+                pairs = [p or "" for _, p in items] if task.text_pair_column else None
+                probs = await loop.run_in_executor(
+                    self._executor, self._compute, task, texts, pairs
+                )
         except Exception as exc:  # every request of this batch gets the same error
             for request in batch:
                 if not request.future.done():
@@ -138,7 +156,8 @@ class MicroBatcher:
         for request in batch:
             n = len(request.items)
             if not request.future.done():
-                request.future.set_result(probs[offset : offset + n])
+                part = probs[offset : offset + n]
+                request.future.set_result(part if torch.is_tensor(part) else torch.stack(part))
             offset += n
 
     def _compute(self, task: TaskArtifact, texts: list[str], pairs: list[str] | None):

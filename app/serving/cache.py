@@ -81,6 +81,10 @@ class TaskCache:
                 self._bases[key] = _Base(loaded, layout, theta0, skeleton(loaded.model))
             return self._bases[key]
 
+    def base_model(self, model_id: str, num_labels: int = 2) -> BaseModel:
+        """The loaded base (pristine weights) for `model_id`, shared with the lowrank pool."""
+        return self._base((model_id, num_labels)).loaded
+
     def _build(self, task: TaskArtifact, key: BaseKey) -> Entry:
         base = self._base(key)
         check_compatible(base.loaded, task)  # before any work: never mix digests
@@ -200,13 +204,13 @@ class TaskCache:
             return True
 
 
-_TOKENIZER_LOCK = threading.Lock()
+TOKENIZER_LOCK = threading.Lock()
 
 
 @torch.inference_mode()
 def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str] | None):
     """Probabilities (N, C) for a group of inputs to one task, one padded batch."""
-    with _TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
+    with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
         enc = entry.tokenizer(
             texts,
             pairs,

@@ -4,29 +4,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.artifact import TaskArtifact
+from app.engine.methods import get_method
+
 from app.serving.batcher import MicroBatcher
 from app.serving.cache import TaskCache
+from app.serving.lowrank_pool import LowRankPool
 
 
 @dataclass
 class ServingRuntime:
     cache: TaskCache
+    pool: LowRankPool
     batcher: MicroBatcher
 
     @classmethod
     def create(
-        cls, budget_mb: float, max_batch: int, max_wait_ms: float, workers: int = 0
+        cls,
+        budget_mb: float,
+        max_batch: int,
+        max_wait_ms: float,
+        workers: int = 0,
+        lowrank_budget_mb: float = 4096,
     ) -> ServingRuntime:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = TaskCache(budget_mb, device)
-        return cls(cache, MicroBatcher(cache, max_batch, max_wait_ms, workers or None))
+        pool = LowRankPool(lowrank_budget_mb, cache.base_model, device)
+        return cls(cache, pool, MicroBatcher(cache, max_batch, max_wait_ms, workers or None, pool))
+
+    def pin(self, task: TaskArtifact) -> None:
+        """Preload `task` and keep it resident (dense cache or lowrank pool, by its method)."""
+        if get_method(task.method).mixable:
+            self.pool.factors(task, pin=True)
+        else:
+            self.cache.get(task, True)
+
+    def unpin(self, task: TaskArtifact) -> bool:
+        if get_method(task.method).mixable:
+            return self.pool.unpin(task.digest)
+        return self.cache.unpin(task.digest)
 
     def describe(self) -> dict:
         sizes = self.batcher.batch_sizes
         return {
             "cache": self.cache.describe(),
+            "lowrank": self.pool.describe(),
             "device": self.cache.device,
             "batches": sizes.count,
             "mean_batch_size": sizes.mean,

@@ -174,3 +174,38 @@ def test_task_for_other_base_weights_is_refused_at_serving(client, settings, aut
         session.commit()
     r = client.post("/v1/infer", json={"inputs": [{"task": ids[2], "text": "nice"}]}, headers=auth)
     assert r.status_code == 422 and r.json()["error"]["code"] == "base_model_mismatch"
+
+
+def test_mixed_lowrank_tasks_share_one_batch_and_match_predict(client, auth, tiny_bert, tasks):
+    """20 lowrank tasks (two seeds, two label counts, two ranks) and a SAID task in one call:
+    every row equals `predict_task` (what `kilotask predict` runs) on that task alone, and the
+    lowrank rows go through a couple of model calls, not one per task."""
+    from tests.factories import make_lowrank_task
+
+    arts = [
+        make_lowrank_task(str(tiny_bert), num_labels=2 + k % 2, seed=k % 2 * 7,
+                          rank=4 if k < 15 else 2, gen_seed=k)
+        for k in range(20)
+    ]  # fmt: skip
+    ids = []
+    for art in arts:
+        r = client.post("/v1/tasks", files={"file": ("t.safetensors", art.to_bytes())}, headers=auth)
+        assert r.status_code == 201, r.text
+        assert r.json()["rank"] == art.rank and r.json()["method"] == "lowrank"
+        ids.append(r.json()["id"])
+    said_id, said_art = tasks[0][0], tasks[1][0]
+    inputs = [{"task": ids[k], "text": TEXTS[k % 4]} for k in range(20)]
+    inputs += [{"task": said_id, "text": TEXTS[1]}, {"task": ids[3], "text": TEXTS[2]}]
+    before = client.get("/v1/serving", headers=auth).json()["batches"]
+    r = client.post("/v1/infer", json={"inputs": inputs}, headers=auth)
+    assert r.status_code == 200, r.text
+    state = client.get("/v1/serving", headers=auth).json()
+    assert state["lowrank"]["resident_tasks"] == 20
+    assert state["batches"] - before <= 3  # 21 lowrank rows in one or two calls, the SAID one
+    by_id = dict(zip(ids, arts, strict=True)) | {said_id: said_art}
+    for item, out in zip(inputs, r.json()["outputs"], strict=True):
+        art = by_id[item["task"]]
+        want = reference(art, [item["text"]])[0]
+        got = [out["scores"][label] for label in art.labels]
+        assert len(out["scores"]) == len(art.labels)
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-5)

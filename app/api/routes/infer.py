@@ -27,6 +27,7 @@ def runtime(request: Request, settings):
             settings.serving_max_batch,
             settings.serving_max_wait_ms,
             settings.serving_workers,
+            settings.serving_lowrank_cache_mb,
         )
     return state.serving
 
@@ -108,7 +109,7 @@ async def pin_task(
 
     art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
     rt = runtime(request, settings)
-    await run_in_threadpool(rt.cache.get, art, True)
+    await run_in_threadpool(rt.pin, art)
     return {"task": task_id, "digest": art.digest, "pinned": True}
 
 
@@ -117,5 +118,5 @@ def unpin_task(
     request: Request, task_id: str, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
 ) -> dict:
     art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
-    resident = runtime(request, settings).cache.unpin(art.digest)
+    resident = runtime(request, settings).unpin(art)
     return {"task": task_id, "pinned": False, "resident": resident}

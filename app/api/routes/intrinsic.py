@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.routes.models import model_info
+from app.api.routes.models import method_dim_range
 from app.db.models import Job
 from app.db.repo import get_owned
 from app.errors import InvalidInputError, InvalidStateError, NotFoundError
@@ -21,12 +21,13 @@ router = APIRouter(prefix="/v1/intrinsic-dimension", tags=["intrinsic dimension"
 
 
 async def _check_range(body: D90Create, model: str) -> None:
-    info = await run_in_threadpool(model_info, model)
-    low = info.num_tensors + 1 if body.method == "said" else 1
-    if max(body.min_d, low) >= min(body.max_d, info.num_parameters):
+    low, high = await run_in_threadpool(
+        method_dim_range, model, body.method, body.seed, body.options()
+    )
+    if max(body.min_d, low) >= min(body.max_d, high):
         raise InvalidInputError(
             f"no d to search: {body.method} on '{model}' needs {low} <= d <= "
-            f"{info.num_parameters}, and min_d < max_d within that range",
+            f"{high}, and min_d < max_d within that range",
             code="invalid_dim",
         )
 
@@ -47,7 +48,9 @@ async def submit_search(
     await _check_range(body, model)
     if body.reuse_from is not None:
         _check_reuse_source(_search(session, tenant_id, body.reuse_from), body, model)
-    search = body.model_dump(exclude={"model", "train_dataset", "eval_dataset", "seed"})
+    search = body.model_dump(
+        exclude={"model", "train_dataset", "eval_dataset", "seed", "rank", "targets", "scales"}
+    )
     fields = dict(
         kind="d90",
         model=model,
@@ -57,6 +60,7 @@ async def submit_search(
         train_dataset_id=body.train_dataset,
         eval_dataset_id=body.eval_dataset,
         hyperparameters=search,
+        options=body.options() or None,
     )
     job = create_job(session, tenant_id, fields, idempotency_key, digest)
     enqueue_or_fail(session, settings, job)
@@ -71,19 +75,21 @@ def _check_reuse_source(source: Job, body: D90Create, model: str) -> None:
     same data, and there must be something to take."""
     ours = {k: getattr(body, k) for k in RUN_FIELDS}
     ours |= dict(model=model, seed=body.seed, train=body.train_dataset, eval=body.eval_dataset)
+    ours["options"] = body.options()
     theirs = {k: source.hyperparameters.get(k) for k in RUN_FIELDS}
     theirs |= dict(
         model=source.model,
         seed=source.seed,
         train=source.train_dataset_id,
         eval=source.eval_dataset_id,
+        options=source.options or {},
     )
     differ = sorted(k for k in ours if ours[k] != theirs[k])
     if differ:
         raise InvalidInputError(
             f"reuse_from: search {source.id} trained with other {', '.join(differ)}; reusing "
             "runs needs the same datasets, model, seed, budget_steps, batch_size, max_length, "
-            "metric and full_lr_grid",
+            "metric, full_lr_grid and method options",
             code="reuse_mismatch",
         )
     runs = json.loads(source.checkpoint or b"{}").get("runs", {})

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
-from app.api.routes.models import model_info
+from app.api.routes.models import method_dim_range, model_info
 from app.db.models import Job, JobEvent
 from app.db.repo import get_owned
 from app.errors import InvalidInputError
@@ -23,12 +23,18 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 async def _check_dim(body: JobCreate, model: str) -> int:
     info = await run_in_threadpool(model_info, model)
     if body.method == "full":
+        if body.options():
+            raise InvalidInputError(
+                f"{', '.join(sorted(body.options()))} do(es) not apply to full fine-tuning",
+                code="invalid_options",
+            )
         return info.num_parameters
-    low = info.num_tensors + 1 if body.method == "said" else 1
-    if not low <= body.dim <= info.num_parameters:
+    low, high = await run_in_threadpool(
+        method_dim_range, model, body.method, body.seed, body.options()
+    )
+    if not low <= body.dim <= high:
         raise InvalidInputError(
-            f"dim must be in [{low}, {info.num_parameters}] for {body.method} on '{model}', "
-            f"got {body.dim}",
+            f"dim must be in [{low}, {high}] for {body.method} on '{model}', got {body.dim}",
             code="invalid_dim",
         )
     return body.dim
@@ -56,6 +62,7 @@ async def submit_job(
         train_dataset_id=body.train_dataset,
         eval_dataset_id=body.eval_dataset,
         hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
+        options=body.options() or None,
     )
     job = create_job(session, tenant_id, fields, idempotency_key, digest)
     enqueue_or_fail(session, settings, job)

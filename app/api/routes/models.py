@@ -8,17 +8,43 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SettingsDep, TenantDep
+from app.errors import InvalidInputError
 from app.schemas.models import ModelPublic, ModelsPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
+@lru_cache(maxsize=2)
+def _base(model_id: str):
+    from app.engine.base import load_base  # torch only when a model is actually inspected
+
+    return load_base(model_id, num_labels=2, seed=0)
+
+
+def method_dim_range(model_id: str, method: str, seed: int, options: dict) -> tuple[int, int]:
+    """The d a method accepts on this base with these options (lowrank: rank, targets), or a
+    422 that says which option does not fit."""
+    from app.engine.errors import SubspaceConfigError
+    from app.engine.methods import TaskSettings, get_method
+
+    base = _base(model_id)
+    settings = TaskSettings.of(method, 1, seed, **options)
+    try:
+        spec = get_method(method)
+        unknown = set(settings.option_dict) - spec.option_names
+        if unknown:
+            raise SubspaceConfigError(
+                f"{', '.join(sorted(unknown))} do(es) not apply to method '{method}'"
+            )
+        return spec.dim_range(base.model, base.seeded, settings)
+    except SubspaceConfigError as exc:
+        raise InvalidInputError(str(exc), code="invalid_options") from exc
+
+
 @lru_cache(maxsize=8)
 def model_info(model_id: str) -> ModelPublic:
     """Loads the model once per process to count D and hash the weights (a few seconds)."""
-    from app.engine.base import load_base  # torch only when a model is actually inspected
-
-    base = load_base(model_id, num_labels=2, seed=0)
+    base = _base(model_id)
     return ModelPublic(
         id=model_id,
         num_parameters=base.num_parameters,

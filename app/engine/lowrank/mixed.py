@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.engine.base import BaseModel, init_std, seeded_value
-from app.engine.errors import SubspaceConfigError
+from app.engine.errors import BaseModelMismatchError, SubspaceConfigError
 from app.engine.lowrank.config import LowRankConfig
 from app.engine.lowrank.layout import (
     LowRankLayout,
@@ -107,6 +107,17 @@ class MixedLowRankModel:
             with torch.device("meta"):
                 self._skeletons[num_labels] = AutoModelForSequenceClassification.from_config(cfg)
         return self._skeletons[num_labels]
+
+    def check_compatible(self, task_digest: str, task_D: int, num_labels: int) -> None:
+        """Refuse a task trained on other base weights (digest), or with another shape."""
+        if task_digest != self.base.digest:
+            raise BaseModelMismatchError(
+                f"task was trained on a base with digest {task_digest[:12]}…, but "
+                f"'{self.base.model_id}' has digest {self.base.digest[:12]}…: use the same base"
+            )
+        D = sum(p.numel() for p in self._skeleton(num_labels).parameters())
+        if D != task_D:
+            raise BaseModelMismatchError(f"task expects D={task_D} parameters, this base has {D}")
 
     @torch.no_grad()
     def build(

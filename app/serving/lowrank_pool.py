@@ -1,0 +1,153 @@
+"""Resident lowrank tasks: each one's factors (λ·B per target and its head, ~150 KB for
+MiniLM-L6), rebuilt from θ_d in a few ms on a miss and kept in an LRU under their own memory
+budget. All of them are served by one MixedLowRankModel per base model, so rows of any mix of
+these tasks share one forward pass (app/engine/lowrank/mixed.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from app.engine.artifact import TaskArtifact
+from app.engine.base import BaseModel
+from app.engine.lowrank import LowRankConfig, LowRankFactors, MixedLowRankModel, softmax_rows
+from app.serving.cache import TOKENIZER_LOCK
+from app.serving.tally import Tally
+
+
+@dataclass
+class PoolStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    rebuild_seconds: Tally = field(default_factory=Tally)
+
+
+@dataclass
+class _Resident:
+    factors: LowRankFactors
+    pinned: bool = False
+
+
+class LowRankPool:
+    """Factors of lowrank tasks, keyed by content digest, under `budget_mb`.
+
+    A rebuild is cheap (one projection of d numbers into rank·Σ out outputs), so two threads
+    missing the same task at once may both build it; the second result is simply dropped.
+    """
+
+    def __init__(self, budget_mb: float, base_of, device: str = "cpu") -> None:
+        self.budget = int(budget_mb * 2**20)
+        self.device = device
+        self._base_of = base_of  # model id -> BaseModel (shared with the dense cache)
+        self._servers: dict[str, MixedLowRankModel] = {}
+        self._entries: OrderedDict[str, _Resident] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._server_lock = threading.Lock()
+        self.stats = PoolStats()
+
+    def server(self, model_id: str) -> MixedLowRankModel:
+        with self._server_lock:
+            if model_id not in self._servers:
+                base: BaseModel = self._base_of(model_id)
+                self._servers[model_id] = MixedLowRankModel(base, self.device)
+            return self._servers[model_id]
+
+    def factors(self, task: TaskArtifact, pin: bool = False) -> LowRankFactors:
+        """The task's resident factors, rebuilt from θ_d on a miss (refuses another base)."""
+        with self._lock:
+            resident = self._entries.get(task.digest)
+            if resident is not None:
+                self._entries.move_to_end(task.digest)
+                self.stats.hits += 1
+                resident.pinned = resident.pinned or pin
+                return resident.factors
+            self.stats.misses += 1
+        server = self.server(task.model)
+        server.check_compatible(task.base_digest, task.D, len(task.labels))
+        start = time.perf_counter()
+        config = LowRankConfig(
+            task.dim,
+            task.seed,
+            task.rank,
+            tuple(task.targets.split(",")) if task.targets else None,
+            task.lam is not None,
+        )
+        built = server.build(config, len(task.labels), task.theta, task.lam)
+        self.stats.rebuild_seconds.add(time.perf_counter() - start)
+        with self._lock:
+            resident = self._entries.get(task.digest)
+            if resident is None:
+                resident = self._entries[task.digest] = _Resident(built, pin)
+                self._bytes += built.nbytes
+                self._evict()
+            return resident.factors
+
+    def _evict(self) -> None:
+        for digest in list(self._entries):
+            if self._bytes <= self.budget or len(self._entries) <= 1:
+                break
+            if self._entries[digest].pinned:
+                continue
+            self._bytes -= self._entries.pop(digest).factors.nbytes
+            self.stats.evictions += 1
+
+    def unpin(self, digest: str) -> bool:
+        with self._lock:
+            resident = self._entries.get(digest)
+            if resident is None:
+                return False
+            resident.pinned = False
+            self._evict()
+            return True
+
+    def contains(self, digest: str) -> bool:
+        return digest in self._entries
+
+    def describe(self) -> dict:
+        with self._lock:
+            n = len(self._entries)
+            return {
+                "budget_mb": self.budget / 2**20,
+                "resident_tasks": n,
+                "resident_mb": self._bytes / 2**20,
+                "mean_task_kb": self._bytes / n / 1024 if n else 0.0,
+                "pinned": sum(r.pinned for r in self._entries.values()),
+                "hits": self.stats.hits,
+                "misses": self.stats.misses,
+                "evictions": self.stats.evictions,
+                "mean_rebuild_ms": 1e3 * self.stats.rebuild_seconds.mean,
+            }
+
+
+def classify_mixed(
+    pool: LowRankPool, tasks: list[TaskArtifact], items: list[tuple[str, str | None]]
+) -> list[torch.Tensor]:
+    """Probabilities for items[i] under tasks[i] (all of one base model), in ONE forward pass.
+    Rows are tokenized with their own task's max length, then padded together."""
+    server = pool.server(tasks[0].model)
+    factors = [pool.factors(t) for t in tasks]
+    tokenizer = server.base.tokenizer
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault((t.max_length, bool(t.text_pair_column)), []).append(i)
+    features: list[dict | None] = [None] * len(items)
+    with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
+        for (max_length, paired), idx in groups.items():
+            enc = tokenizer(
+                [items[i][0] for i in idx],
+                [items[i][1] or "" for i in idx] if paired else None,
+                truncation=True,
+                max_length=max_length,
+            )
+            for k, i in enumerate(idx):
+                features[i] = {key: enc[key][k] for key in enc}
+        batch = tokenizer.pad(features, padding=True, return_tensors="pt")
+    encoded = {k: v.to(server.device) for k, v in batch.items()}
+    logits = server.logits(factors, encoded)
+    return [p.cpu() for p in softmax_rows(logits, [len(t.labels) for t in tasks])]
