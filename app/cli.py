@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="URL of a running kilotask server: predict there")
     p.add_argument("--api-key", help="API key for --server (default: $KILOTASK_API_KEY)")
 
+    e = sub.add_parser("export", help="write a task as a PEFT LoRA adapter or a merged HF model")
+    e.add_argument("task", help="task .safetensors file")
+    e.add_argument("--format", choices=["peft", "hf"], required=True)
+    e.add_argument("--out", required=True, help="output folder (new or empty)")
+    e.add_argument("--model", help="base model to rebuild on (default: the task's)")
+
     i = sub.add_parser("inspect", help="print a task file's metadata as JSON")
     i.add_argument("task")
 
@@ -162,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": _train,
             "predict": _predict,
             "inspect": _inspect,
+            "export": _export,
             "d90": _d90,
             "migrate": _migrate,
             "keys": _keys,
@@ -338,6 +345,17 @@ def _predict(args: argparse.Namespace) -> int:
             [index[p] for p in predicted], encode_labels(data.labels, labels), len(labels)
         )
         print(json.dumps({**metrics, "rows": len(predicted)}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from app.engine.artifact import TaskArtifact
+    from app.engine.export import export_task
+
+    task = TaskArtifact.load(args.task)
+    out = export_task(task, args.format, args.out, args.model)
+    files = sorted(p.name for p in out.iterdir())
+    print(json.dumps({"format": args.format, "out": str(out), "files": files}))
     return 0
 
 

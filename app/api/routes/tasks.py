@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -59,6 +59,41 @@ def download_task(
             "ETag": etag,
             "Content-Disposition": f'attachment; filename="{row.id}.safetensors"',
         },
+    )
+
+
+def _export_zip(artifact: TaskArtifact, fmt: str) -> bytes:
+    """The exported folder as a zip archive, built in a temporary folder."""
+    import io
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    from app.engine.export import export_task
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = export_task(artifact, fmt, Path(tmp) / "export")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(out.iterdir()):
+                archive.write(path, path.name)
+        return buffer.getvalue()
+
+
+@router.get("/{task_id}/export", response_class=Response)
+async def export_task_zip(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    task_id: str,
+    format: Annotated[Literal["peft", "hf"], Query(description="peft: LoRA adapter; hf: merged")],
+) -> Response:
+    """The task as a zip: a PEFT LoRA adapter (lowrank tasks) or a merged HF model (any)."""
+    artifact = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
+    data = await run_in_threadpool(_export_zip, artifact, format)
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{task_id}-{format}.zip"'},
     )
 
 
