@@ -370,3 +370,51 @@ def worker_pid(event: dict) -> int:
 
 def run_of(event: dict) -> tuple:
     return event["kind"], event["d"], event["lr"]
+
+
+def test_lowrank_job_runs_on_a_worker_and_serves_mixed(stack, tiny_bert, tmp_path):
+    """A lowrank job with its own rank and targets through the real worker; the stored task
+    names them, predicts as the job measured, exports as a PEFT zip and serves over /v1/infer."""
+    import io
+    import zipfile
+
+    settings, client, start_worker = stack
+    auth = new_key(settings)
+    ds = upload(client, auth, tmp_path, 64)
+    bad = {"model": str(tiny_bert), "train_dataset": ds, "method": "said", "rank": 4}
+    r = client.post("/v1/jobs", json=bad, headers=auth)
+    assert r.status_code == 422 and "rank" in r.json()["error"]["message"]
+    start_worker()
+    body = {
+        "model": str(tiny_bert),
+        "train_dataset": ds,
+        "eval_dataset": ds,
+        "method": "lowrank",
+        "dim": 50,
+        "rank": 2,
+        "targets": ["query", "value", "key"],
+        "hyperparameters": {"batch_size": 16, "max_length": 16, "max_steps": 10},
+    }
+    r = client.post("/v1/jobs", json=body, headers={**auth, "Idempotency-Key": "lowrank-1"})
+    assert r.status_code == 202, r.text
+    assert r.json()["options"] == {"rank": 2, "targets": ["query", "value", "key"]}
+    done = wait_for(client, auth, r.json()["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done
+    meta = client.get(f"/v1/tasks/{done['task_id']}", headers=auth).json()
+    assert (meta["method"], meta["spec"], meta["rank"]) == ("lowrank", "lowrank-v1", 2)
+    assert meta["targets"] == "key,query,value"
+    task = TaskArtifact.from_bytes(
+        client.get(f"/v1/tasks/{done['task_id']}/vector", headers=auth).content
+    )
+    data = read_table(tmp_path / "train.tsv")
+    assert predict_task(task, data).metrics["accuracy"] == done["metrics"]["eval_accuracy"]
+    z = client.get(f"/v1/tasks/{done['task_id']}/export?format=peft", headers=auth)
+    assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
+    names = set(zipfile.ZipFile(io.BytesIO(z.content)).namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    out = client.post(
+        "/v1/infer", json={"inputs": [{"task": done["task_id"], "text": data.texts[0]}]},
+        headers=auth,
+    ).json()["outputs"][0]  # fmt: skip
+    want = predict_task(task, read_table(tmp_path / "train.tsv")).scores[0]
+    assert abs(out["scores"][task.labels[0]] - want[0]) < 1e-5

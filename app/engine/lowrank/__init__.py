@@ -35,7 +35,7 @@ register(
     Method(
         name="lowrank",
         spec=LOWRANK_SPEC,
-        default_lr=0.05,
+        default_lr=0.2,
         scales="optional",
         build=_build,
         dim_range=_dim_range,
