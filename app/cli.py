@@ -28,7 +28,7 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
 
 
 def _add_lowrank(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rank", type=int, help="lowrank: rank r of each target's delta (default 8)")
+    p.add_argument("--rank", type=int, help="lowrank: rank r of each target's delta (default 4)")
     p.add_argument(
         "--targets",
         nargs="+",

@@ -34,6 +34,7 @@ import app  # noqa: E402, F401  (huge pages for D-sized CPU buffers)
 from app.engine.artifact import TaskArtifact  # noqa: E402
 from app.engine.fastfood import get_projection  # noqa: E402
 from app.engine.flat import flatten, layout_of  # noqa: E402
+from app.engine.lowrank import LowRankConfig, LowRankModel  # noqa: E402
 from app.engine.reconstruct import add_task_delta_  # noqa: E402
 from app.engine.subspace import SubspaceConfig, SubspaceModel, projected_dim  # noqa: E402
 
@@ -117,7 +118,7 @@ def bench_model(name: str, args, device: torch.device) -> list[dict]:
     row("full fine-tuning step", full_s, full_s, full_peak)
     del full
 
-    for method in ("said", "did"):
+    for method in [m for m in ("said", "did") if m in args.methods]:
         for dim in args.dims:
             sub = SubspaceModel(copy.deepcopy(base), SubspaceConfig(method, dim, 0), device=device)
             sub.train()
@@ -126,6 +127,18 @@ def bench_model(name: str, args, device: torch.device) -> list[dict]:
             share = sub.projection.nbytes / model_bytes
             row(f"{method.upper()} step, d={dim}", s, full_s, peak, projection_share=share)
             del sub, params
+
+    if "lowrank" in args.methods:
+        head = frozenset(n for n, _ in base.named_parameters() if n.startswith("classifier"))
+        for dim in args.dims:
+            config = LowRankConfig(dim=dim)  # default rank and targets
+            low = LowRankModel(copy.deepcopy(base), head, config, device=device).train()
+            params = [p for p in low.parameters() if p.requires_grad]
+            s, peak = timed(train_step(low, params, batch, 0.2), args.reps, device)
+            row(f"lowrank step, d={dim}, r={config.rank}", s, full_s, peak)
+            del low, params
+    if args.methods == ["lowrank"]:
+        return rows
 
     layout = layout_of(base)
     theta0 = flatten(base, layout, device)
@@ -157,6 +170,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", nargs="+")
     ap.add_argument("--dims", type=int, nargs="+", default=[1000, 20000])
+    ap.add_argument("--methods", nargs="+", default=["said", "did", "lowrank"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int)
     ap.add_argument("--reps", type=int, default=5)

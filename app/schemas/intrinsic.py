@@ -16,7 +16,7 @@ class D90Create(BaseModel):
     train_dataset: str
     eval_dataset: str
     method: Literal["said", "did", "lowrank"] = "said"
-    rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 8)")
+    rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 4)")
     targets: list[str] | None = Field(None, min_length=1, max_length=32)
     scales: bool | None = None
     seed: int = Field(0, ge=0, le=MAX_SEED)

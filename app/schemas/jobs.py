@@ -41,7 +41,7 @@ class JobCreate(BaseModel):
     method: Literal["said", "did", "lowrank", "full"]
     dim: int = Field(1000, ge=1, description="subspace dimension d (SAID counts its λs)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 8)")
+    rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 4)")
     targets: list[str] | None = Field(
         None,
         min_length=1,

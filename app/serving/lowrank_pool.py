@@ -1,4 +1,4 @@
-"""Resident lowrank tasks: each one's factors (λ·B per target and its head, ~150 KB for
+"""Resident lowrank tasks: each one's factors (λ·B per target and its head, 75 KB for
 MiniLM-L6), rebuilt from θ_d in a few ms on a miss and kept in an LRU under their own memory
 budget. All of them are served by one MixedLowRankModel per base model, so rows of any mix of
 these tasks share one forward pass (app/engine/lowrank/mixed.py)."""

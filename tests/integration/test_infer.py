@@ -209,3 +209,20 @@ def test_mixed_lowrank_tasks_share_one_batch_and_match_predict(client, auth, tin
         got = [out["scores"][label] for label in art.labels]
         assert len(out["scores"]) == len(art.labels)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-5)
+
+
+def test_export_zip_over_rest(client, auth, settings, tasks):
+    """format=hf for a SAID task is a merged model folder; format=peft is refused for it (422,
+    saying what to use); another tenant's task is 404; a bad format is 422."""
+    import io
+    import zipfile
+
+    said_id = tasks[0][0]
+    r = client.get(f"/v1/tasks/{said_id}/export?format=hf", headers=auth)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    assert "config.json" in zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    r = client.get(f"/v1/tasks/{said_id}/export?format=peft", headers=auth)
+    assert r.status_code == 422 and "format hf" in r.json()["error"]["message"]
+    assert client.get(f"/v1/tasks/{said_id}/export?format=onnx", headers=auth).status_code == 422
+    other = new_key(settings)
+    assert client.get(f"/v1/tasks/{said_id}/export?format=hf", headers=other).status_code == 404

@@ -124,3 +124,31 @@ def test_wrong_base_and_corrupted_task_are_refused(trained, tmp_path):
     broken.write_bytes(bytes(data))
     proc = run("inspect", str(broken), check=False)
     assert proc.returncode == 2 and "corrupted" in proc.stderr
+
+
+def test_lowrank_train_predict_and_export(trained, tiny_bert, tmp_path):
+    """kilotask train --method lowrank --rank --targets, predict agrees with the training
+    metric, inspect shows rank and targets, export writes both formats, and bad options exit 2
+    with one line."""
+    folder, _, dev, _ = trained
+    out = tmp_path / "low.safetensors"
+    common = ["--model", str(tiny_bert), "--train", str(folder / "train.tsv"), "--eval", str(dev),
+              "--max-steps", "6", "--batch-size", "16", "--max-length", "16"]  # fmt: skip
+    proc = run("train", *common, "--method", "lowrank", "--dim", "40", "--rank", "2",
+               "--targets", "query", "value", "key", "--out", str(out))  # fmt: skip
+    summary = json.loads(proc.stdout)
+    assert summary["method"] == "lowrank" and summary["bytes"] == out.stat().st_size
+    meta = json.loads(run("inspect", str(out)).stdout)
+    assert (meta["spec"], meta["rank"], meta["targets"]) == ("lowrank-v1", 2, "key,query,value")
+    lines = run("predict", str(out), "--input", str(dev), "--label-column", "label").stdout
+    assert json.loads(lines.splitlines()[-1])["accuracy"] == summary["eval_accuracy"]
+    for fmt, wanted in (("peft", "adapter_config.json"), ("hf", "config.json")):
+        done = json.loads(run("export", str(out), "--format", fmt, "--out",
+                              str(tmp_path / fmt)).stdout)  # fmt: skip
+        assert wanted in done["files"]
+    again = run("export", str(out), "--format", "hf", "--out", str(tmp_path / "hf"), check=False)
+    assert again.returncode == 2 and "not an empty folder" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    bad = run("train", *common, "--method", "said", "--dim", "120", "--rank", "2",
+              "--out", str(tmp_path / "x.safetensors"), check=False)  # fmt: skip
+    assert bad.returncode == 2 and "rank" in bad.stderr and "Traceback" not in bad.stderr

@@ -35,7 +35,8 @@ class LowRankConfig:
         independent tasks.
     rank: r. The served memory per task grows with it (4·rank·Σ out bytes); accuracy at a fixed
         d barely does, because θ, not B, is what is trained (docs/INTRINSIC_DIMENSION.md has the
-        sweep). 8 keeps a MiniLM-L6 task at 150 KB resident with the default targets.
+        sweep: on SST-2 at d = 1000, rank 4 scored 0.769, rank 8 0.750). 4 keeps a MiniLM-L6
+        task at 75 KB resident with the default targets.
     targets: module-name suffixes of the nn.Linear layers to adapt (None: DEFAULT_TARGETS for
         the model type). More targets spread the same d over more layers; the sweep shows
         whether that pays for the extra serving memory.
@@ -45,7 +46,7 @@ class LowRankConfig:
 
     dim: int = 1000
     seed: int = 0
-    rank: int = 8
+    rank: int = 4
     targets: tuple[str, ...] | None = None
     scales: bool = True
     spec: str = LOWRANK_SPEC

@@ -213,3 +213,35 @@ def test_task_file_checks_rank_and_spec(tiny_bert):
 
     with pytest.raises(SpecVersionError):
         TaskArtifact(**{**task.__dict__, "spec": "fastfood-v1"})
+
+
+def test_d200_float16_file_is_under_a_kilobyte():
+    """A d = 200 lowrank task in float16, with the metadata a trained SST-2 task carries."""
+    m = 14  # 12 targets (query, value × 6 layers) + 2 head tensors, as on MiniLM-L6
+    task = TaskArtifact(
+        model="minilm-l6", base_digest="ab" * 32, seed=0, method="lowrank", dim=200,
+        D=22_713_986, labels=["0", "1"], text_column="sentence", text_pair_column=None,
+        max_length=64, theta=torch.randn(200 - m), lam=torch.ones(m), dtype="float16",
+        metrics={"eval_accuracy": 0.7694954, "eval_f1": 0.7598566, "eval_mcc": 0.5435414},
+        spec="lowrank-v1", rank=4, targets="query,value",
+    )  # fmt: skip
+    size = len(task.to_bytes())
+    assert size <= 1024, size
+    assert TaskArtifact.from_bytes(task.to_bytes()).digest == task.digest
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_cuda_give_the_same_predictions(tiny_bert):
+    base, model = _wrap(tiny_bert, num_labels=3, seed=1)
+    with torch.no_grad():
+        model.theta.normal_(0, 3)
+    task = _task(base, model, labels=("a", "b", "c"))
+    config = LowRankConfig(task.dim, task.seed, task.rank, ("query", "value"), True)
+    probs = []
+    for device in ("cpu", "cuda"):
+        serving = MixedLowRankModel(load_base(str(tiny_bert), 2, 0), device)
+        f = serving.build(config, 3, task.theta, task.lam)
+        enc = {"input_ids": IDS.to(device), "attention_mask": MASK.to(device)}
+        probs.append(torch.softmax(serving.logits([f, f], enc), -1).cpu())
+    torch.testing.assert_close(probs[1], probs[0], rtol=1e-4, atol=1e-5)
