@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     serving_max_batch: int = Field(default=32, gt=0)
     serving_max_wait_ms: float = Field(default=5.0, ge=0)
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
-    # resident lowrank tasks (factors only, 75 KB each for MiniLM-L6 at rank 4): 4096 MB holds 55,000
+    # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
 
     @model_validator(mode="after")

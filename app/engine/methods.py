@@ -46,8 +46,11 @@ class TaskSettings:
     @classmethod
     def of(cls, method: str, dim: int, seed: int = 0, **options: Any) -> TaskSettings:
         kept = tuple(
-            sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()
-                   if v is not None)
+            sorted(
+                (k, tuple(v) if isinstance(v, list) else v)
+                for k, v in options.items()
+                if v is not None
+            )
         )
         return cls(method, dim, seed, kept)
 

@@ -21,9 +21,9 @@ from app.engine.data import (
     make_loader,
 )
 from app.engine.errors import DataFormatError, SubspaceConfigError
+from app.engine.methods import TaskSettings, check_settings, get_method
 from app.engine.metrics import classification_metrics
 from app.engine.reconstruct import load_task_model
-from app.engine.methods import TaskSettings, check_settings, get_method
 from app.engine.trainer import TrainCallbacks, TrainConfig, evaluate, predict_logits, train
 
 

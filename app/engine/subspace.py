@@ -198,7 +198,9 @@ def _register() -> None:
     from app.engine.methods import Method, TaskSettings, register
 
     def build(model, seeded, settings: TaskSettings, device="cpu") -> SubspaceModel:
-        return SubspaceModel(model, SubspaceConfig(settings.method, settings.dim, settings.seed), device)
+        return SubspaceModel(
+            model, SubspaceConfig(settings.method, settings.dim, settings.seed), device
+        )
 
     def dim_range(model, seeded, settings: TaskSettings) -> tuple[int, int]:
         m = len(canonical_names(model))

@@ -1,8 +1,9 @@
 """Continuous micro-batching: requests queue per task; model workers run the batches, and each
 time a worker is free it takes every pending input of the task that has waited longest (up to
-`max_batch`). Tasks of a mixable method (lowrank) share one queue per base model instead: their
-rows of any mix of tasks go into one forward pass (app/serving/lowrank_pool.py). Inputs that arrive while the workers are busy therefore join the next batch, and a
-lone request waits at most `max_wait_ms` for company.
+`max_batch`). Inputs that arrive while the workers are busy therefore join the next batch, and a
+lone request waits at most `max_wait_ms` for company. Tasks of a mixable method (lowrank) share
+one queue per base model instead: rows of any mix of those tasks go into one forward pass
+(app/serving/lowrank_pool.py).
 
 On CPU there is one worker per core, each with one intra-op thread: a small batch (the common
 case when traffic is spread over many tasks) cannot use two cores inside one forward pass, but two

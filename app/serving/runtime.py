@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from app.engine.artifact import TaskArtifact
 from app.engine.methods import get_method
-
 from app.serving.batcher import MicroBatcher
 from app.serving.cache import TaskCache
 from app.serving.lowrank_pool import LowRankPool

@@ -189,7 +189,9 @@ def test_mixed_lowrank_tasks_share_one_batch_and_match_predict(client, auth, tin
     ]  # fmt: skip
     ids = []
     for art in arts:
-        r = client.post("/v1/tasks", files={"file": ("t.safetensors", art.to_bytes())}, headers=auth)
+        r = client.post(
+            "/v1/tasks", files={"file": ("t.safetensors", art.to_bytes())}, headers=auth
+        )
         assert r.status_code == 201, r.text
         assert r.json()["rank"] == art.rank and r.json()["method"] == "lowrank"
         ids.append(r.json()["id"])

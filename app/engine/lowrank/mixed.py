@@ -116,7 +116,7 @@ class MixedLowRankModel:
                 f"'{self.base.model_id}' has digest {self.base.digest[:12]}…: use the same base"
             )
         D = sum(p.numel() for p in self._skeleton(num_labels).parameters())
-        if D != task_D:
+        if task_D != D:
             raise BaseModelMismatchError(f"task expects D={task_D} parameters, this base has {D}")
 
     @torch.no_grad()
@@ -239,7 +239,9 @@ class MixedLowRankModel:
             out[name] = (a_all, b[idx], True)
         return out
 
-    def _heads(self, tasks, idx, single) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]:
+    def _heads(
+        self, tasks, idx, single
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]:
         heads = {}
         module_names = {n.rsplit(".", 1)[0] for f in tasks for n in f.head}
         for m in module_names:

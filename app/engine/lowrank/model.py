@@ -54,7 +54,9 @@ class LowRankModel(nn.Module):
         self.theta = nn.Parameter(torch.zeros(self.d_proj, device=device, dtype=dtype))
         m = self.layout.num_scales
         self.lam = nn.Parameter(torch.ones(m, device=device, dtype=dtype)) if m else None
-        self.a = [seeded_a(config.seed, t, config.rank).to(device, dtype) for t in self.layout.targets]
+        self.a = [
+            seeded_a(config.seed, t, config.rank).to(device, dtype) for t in self.layout.targets
+        ]
         self.projection = projection_for(self.layout, config.dim, config.seed, device, dtype)
         self._bs: list[torch.Tensor] | None = None  # this forward's λ_t·B_t, read by the hooks
         modules = dict(self.model.named_modules())
@@ -75,7 +77,8 @@ class LowRankModel(nn.Module):
         bs, heads = task_factors(self.layout, self.theta, self.lam, self.projection)
         params = dict(self.model.named_parameters())
         overrides = {
-            name: params[name] + delta for (name, _), delta in zip(self.layout.head, heads, strict=True)
+            name: params[name] + delta
+            for (name, _), delta in zip(self.layout.head, heads, strict=True)
         }
         self._bs = bs
         try:
@@ -90,12 +93,13 @@ class LowRankModel(nn.Module):
 
     def load_vector(self, theta: torch.Tensor, lam: torch.Tensor | None) -> None:
         if tuple(theta.shape) != (self.d_proj,):
-            raise SubspaceConfigError(f"θ has shape {tuple(theta.shape)}, expected ({self.d_proj},)")
-        if (lam is None) != (self.lam is None) or (
-            lam is not None and lam.shape != self.lam.shape
-        ):
             raise SubspaceConfigError(
-                f"λ must have shape ({self.layout.num_scales},)" if self.lam is not None
+                f"θ has shape {tuple(theta.shape)}, expected ({self.d_proj},)"
+            )
+        if (lam is None) != (self.lam is None) or (lam is not None and lam.shape != self.lam.shape):
+            raise SubspaceConfigError(
+                f"λ must have shape ({self.layout.num_scales},)"
+                if self.lam is not None
                 else "this lowrank task has no scales (λ)"
             )
         with torch.no_grad():

@@ -114,3 +114,18 @@ def test_other_base_weights_are_refused(tiny_bert, tmp_path):
     other = make_tiny_bert(tmp_path / "other", seed=99)
     with pytest.raises(BaseModelMismatchError, match="digest"):
         reconstruct(load_base(str(other), 2, task.seed), task)
+
+
+def test_a_file_written_before_lowrank_existed_loads_unchanged():
+    """tests/golden/said-fastfood-v1-before-lowrank.safetensors was written by the code of
+    commit e241364 (before issue 11 added method options to the task file): it must load, with
+    the same digest and no rank or targets, and write back the same size (safetensors orders
+    metadata keys differently per process, so the bytes themselves are not compared)."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "golden" / "said-fastfood-v1-before-lowrank.safetensors"
+    task = TaskArtifact.load(path)
+    assert task.digest == "00487667d7c6bcab38d9fb94c71d4f6dc21d2a0cdb760ce604435c19239c2865"
+    assert (task.method, task.spec, task.rank, task.targets) == ("said", "fastfood-v1", None, None)
+    again = TaskArtifact.from_bytes(task.to_bytes())
+    assert again.digest == task.digest and len(task.to_bytes()) == len(path.read_bytes())

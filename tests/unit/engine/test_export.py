@@ -22,6 +22,7 @@ def _logits(net) -> torch.Tensor:
 @pytest.mark.parametrize("scales", [True, False])
 def test_peft_adapter_loads_to_the_same_logits(tiny_bert, tmp_path, scales):
     import peft  # a pinned test dependency (pyproject dev extra): never skipped
+
     task = make_lowrank_task(str(tiny_bert), num_labels=3, seed=4, scales=scales)
     want = _logits(load_task_model(task)[0])
     out = export_task(task, "peft", tmp_path / "adapter")
@@ -39,7 +40,9 @@ def test_hf_folder_loads_to_the_same_logits(tiny_bert, tmp_path, kind):
         task = make_lowrank_task(str(tiny_bert), num_labels=2, seed=1)
     else:
         base = load_base(str(tiny_bert), 2, 1)
-        extra = {"method": "did", "lam": None, "theta": torch.randn(100) * 20} if kind == "did" else {}
+        extra = (
+            {"method": "did", "lam": None, "theta": torch.randn(100) * 20} if kind == "did" else {}
+        )
         task = make_task(str(tiny_bert), base, seed=1, labels=["neg", "pos"], **extra)
     want = _logits(load_task_model(task)[0])
     out = export_task(task, "hf", tmp_path / "hf")

@@ -81,7 +81,11 @@ def test_gradcheck_float64(tiny_bert):
 def test_linear_in_theta_when_lambda_is_fixed(tiny_bert):
     _, model = _wrap(tiny_bert, scales=False)
     x, y = torch.randn(model.d_proj), torch.randn(model.d_proj)
-    f = lambda t: torch.cat([v.reshape(-1) for part in task_factors(model.layout, t, None, model.projection) for v in part])  # noqa: E731
+
+    def f(t):
+        bs, heads = task_factors(model.layout, t, None, model.projection)
+        return torch.cat([v.reshape(-1) for v in bs + heads])
+
     torch.testing.assert_close(f(2 * x - 3 * y), 2 * f(x) - 3 * f(y), rtol=1e-5, atol=1e-6)
 
 
@@ -99,8 +103,10 @@ def test_golden_a_and_stream():
     assert target_stream(t.name) == 3488370656
     a = seeded_a(7, t, 2)
     expected = torch.tensor(
-        [[-0.38636285066604614, 0.8819917440414429, -0.3794018030166626],
-         [0.0182102732360363, 0.9608892202377319, -0.31613242626190186]]
+        [
+            [-0.38636285066604614, 0.8819917440414429, -0.3794018030166626],
+            [0.0182102732360363, 0.9608892202377319, -0.31613242626190186],
+        ]
     )
     torch.testing.assert_close(a, expected, rtol=0, atol=0)
     # rank r is the first r rows of a larger rank: a task's A does not depend on other tasks
@@ -169,7 +175,9 @@ def test_mixed_batch_equals_each_tasks_own_model(tiny_bert):
             model.theta.normal_(0, 3)
             model.lam.uniform_(0.5, 1.5)
         tasks.append(_task(base, model, labels=[str(k) for k in range(labels)]))
-        refs.append(torch.softmax(model.materialize()(input_ids=IDS, attention_mask=MASK).logits, -1))
+        refs.append(
+            torch.softmax(model.materialize()(input_ids=IDS, attention_mask=MASK).logits, -1)
+        )
     serving = MixedLowRankModel(load_base(str(tiny_bert), 2, 0))
     factors = [
         serving.build(
