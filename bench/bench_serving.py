@@ -45,52 +45,32 @@ def sentences(n: int) -> list[str]:
 
 
 def make_tasks(n: int, method: str = "said") -> list[bytes]:
+    """Random d=1000 tasks for MiniLM-L6: SAID, or lowrank with the default rank and targets.
+    θ is scaled so that the tasks' predictions differ from each other as trained ones do."""
     base = load_base("minilm-l6", 2, 0)
     gen = torch.Generator().manual_seed(0)
     if method == "lowrank":
-        return make_lowrank_tasks(base, n, gen)
-    m = len(list(base.model.parameters()))
+        model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=1000))
+        m, d_proj, scale = model.layout.num_scales, model.d_proj, 2.0
+        extra = dict(spec="lowrank-v1", **model.artifact_fields())
+    else:
+        m = len(list(base.model.parameters()))
+        d_proj, scale, extra = 1000 - m, 30.0, {}
     return [
         TaskArtifact(
             model="minilm-l6",
             base_digest=base.digest,
             seed=0,
-            method="said",
+            method=method,
             dim=1000,
             D=base.num_parameters,
             labels=["0", "1"],
             text_column="sentence",
             text_pair_column=None,
             max_length=64,
-            theta=torch.randn(1000 - m, generator=gen) * 30,
+            theta=torch.randn(d_proj, generator=gen) * scale,
             lam=1 + 0.1 * torch.randn(m, generator=gen),
-        ).to_bytes()
-        for _ in range(n)
-    ]
-
-
-def make_lowrank_tasks(base, n: int, gen: torch.Generator) -> list[bytes]:
-    """Random lowrank d=1000 tasks with the default rank and targets; θ scaled so that the
-    tasks' predictions differ from each other as trained ones do."""
-    model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=1000))
-    fields = model.artifact_fields()
-    m = model.layout.num_scales
-    return [
-        TaskArtifact(
-            model="minilm-l6",
-            base_digest=base.digest,
-            seed=0,
-            method="lowrank",
-            dim=1000,
-            D=model.D,
-            labels=["0", "1"],
-            text_column="sentence",
-            text_pair_column=None,
-            max_length=64,
-            theta=torch.randn(model.d_proj, generator=gen) * 2,
-            lam=1 + 0.1 * torch.randn(m, generator=gen),
-            spec="lowrank-v1",
-            **fields,
+            **extra,
         ).to_bytes()
         for _ in range(n)
     ]

@@ -13,6 +13,7 @@ from app.engine.base import BaseModel, load_base
 from app.engine.errors import BaseModelMismatchError, SubspaceConfigError
 from app.engine.fastfood import get_projection
 from app.engine.methods import TaskSettings, get_method
+from app.engine.spec import SPEC_VERSION
 from app.engine.subspace import SubspaceConfig, projected_dim
 
 
@@ -71,6 +72,11 @@ def add_task_delta_(flat: torch.Tensor, task: TaskArtifact, sizes: list[int]) ->
     The same weights `reconstruct` produces, without wrapping a model: serving uses it to
     rebuild a task into a buffer it already owns.
     """
+    if task.spec != SPEC_VERSION:
+        raise SubspaceConfigError(
+            f"a {task.method} task ({task.spec}) is not a dense delta: serve it with "
+            "MixedLowRankModel (app/engine/lowrank/mixed.py)"
+        )
     config = SubspaceConfig(method=task.method, dim=task.dim, seed=task.seed, spec=task.spec)
     d_proj = projected_dim(config, len(sizes))
     if tuple(task.theta.shape) != (d_proj,):

@@ -45,12 +45,12 @@ class D90Create(BaseModel):
         "redoing them: its full fine-tuning (the bar) and its runs of this method",
     )
 
-    @model_validator(mode="after")
     def options(self) -> dict:
         """The method options that were set (lowrank: rank, targets, scales)."""
         opts = {"rank": self.rank, "targets": self.targets, "scales": self.scales}
         return {k: v for k, v in opts.items() if v is not None}
 
+    @model_validator(mode="after")
     def _range(self) -> D90Create:
         if self.min_d >= self.max_d:
             raise ValueError("min_d must be smaller than max_d")

@@ -8,23 +8,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel
 from app.engine.lowrank import LowRankConfig, LowRankFactors, MixedLowRankModel, softmax_rows
-from app.serving.cache import TOKENIZER_LOCK
-from app.serving.tally import Tally
-
-
-@dataclass
-class PoolStats:
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    rebuild_seconds: Tally = field(default_factory=Tally)
+from app.serving.cache import TOKENIZER_LOCK, CacheStats
 
 
 @dataclass
@@ -49,7 +40,7 @@ class LowRankPool:
         self._bytes = 0
         self._lock = threading.Lock()
         self._server_lock = threading.Lock()
-        self.stats = PoolStats()
+        self.stats = CacheStats()  # `recycled` stays 0: factors are small
 
     def server(self, model_id: str) -> MixedLowRankModel:
         with self._server_lock:

@@ -23,6 +23,8 @@ def search_body(model, ds, **kw):
         ({"method": "full"}, "said"),
         ({"max_d": 20}, "no d to search"),
         ({"eval_dataset": "dataset_nope"}, "not found"),
+        ({"rank": 4}, "do not apply to method 'said'"),
+        ({"method": "lowrank", "targets": ["nope"]}, "no nn.Linear layer"),
     ],
 )
 def test_bad_searches_are_4xx_and_store_nothing(client, auth, dataset, tiny_bert, change, fragment):

@@ -25,7 +25,7 @@ async def _check_dim(body: JobCreate, model: str) -> int:
     if body.method == "full":
         if body.options():
             raise InvalidInputError(
-                f"{', '.join(sorted(body.options()))} do(es) not apply to full fine-tuning",
+                f"option(s) {', '.join(sorted(body.options()))} do not apply to full fine-tuning",
                 code="invalid_options",
             )
         return info.num_parameters

@@ -34,7 +34,7 @@ def method_dim_range(model_id: str, method: str, seed: int, options: dict) -> tu
         unknown = set(settings.option_dict) - spec.option_names
         if unknown:
             raise SubspaceConfigError(
-                f"{', '.join(sorted(unknown))} do(es) not apply to method '{method}'"
+                f"option(s) {', '.join(sorted(unknown))} do not apply to method '{method}'"
             )
         return spec.dim_range(base.model, base.seeded, settings)
     except SubspaceConfigError as exc:
