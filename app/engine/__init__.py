@@ -1,5 +1,6 @@
-"""The ML core of kilotask: fastfood-v1 projection, DID/SAID subspace models, trainer, task
-files and reconstruction. Pure torch + transformers: nothing here imports the web, database or
+"""The ML core of kilotask: fastfood-v1 projection, DID/SAID subspace models, the lowrank
+method (lowrank-v1) and its mixed-task forward, the method registry, trainer, task files,
+reconstruction and export. Pure torch + transformers: nothing here imports the web, database or
 queue layers, and nothing reads settings or the environment beyond the HF hub switches."""
 
 from app.engine.artifact import TaskArtifact
@@ -15,7 +16,10 @@ from app.engine.errors import (
     SpecVersionError,
     SubspaceConfigError,
 )
+from app.engine.export import export_task
 from app.engine.fastfood import FastfoodProjection, Projection, get_projection, project
+from app.engine.lowrank import LowRankConfig, LowRankModel, MixedLowRankModel
+from app.engine.methods import Method, TaskSettings, get_method, method_names, register
 from app.engine.pipeline import Prediction, TrainOutcome, TrainRequest, predict_task, train_task
 from app.engine.reconstruct import load_task_model, reconstruct
 from app.engine.spec import SPEC_VERSION
@@ -33,6 +37,10 @@ __all__ = [
     "EngineError",
     "FastfoodProjection",
     "LabelledText",
+    "LowRankConfig",
+    "LowRankModel",
+    "Method",
+    "MixedLowRankModel",
     "ModelNotFoundError",
     "Prediction",
     "Projection",
@@ -41,18 +49,23 @@ __all__ = [
     "SubspaceConfigError",
     "SubspaceModel",
     "TaskArtifact",
+    "TaskSettings",
     "TrainCallbacks",
     "TrainConfig",
     "TrainOutcome",
     "TrainRequest",
     "TrainingCancelled",
+    "export_task",
+    "get_method",
     "get_projection",
     "load_base",
     "load_task_model",
+    "method_names",
     "predict_task",
     "project",
     "read_table",
     "reconstruct",
+    "register",
     "resolve_model_path",
     "train_task",
 ]
