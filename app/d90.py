@@ -295,7 +295,13 @@ def curve_figure(results: dict, metric: str):
         ax.axvline(results["d90"], color="green", alpha=0.5, label=f"d90 = {results['d90']}")
     if points:  # a log axis needs data (a degenerate search has none)
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels would overlap
+        # Label the d values trained, not the decades: a search often spans less than one
+        # decade, which leaves a log axis with no labelled tick at all.
+        ds = sorted({p["d"] for p in points})
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ds))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(d) for d in ds]))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.tick_params(axis="x", labelrotation=45 if len(ds) > 6 else 0)
     ax.set_xlabel("subspace dimension d")
     ax.set_ylabel(metric)
     ax.legend(loc="best", fontsize="small")
