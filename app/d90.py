@@ -243,7 +243,7 @@ def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
     if low >= high:
         raise SubspaceConfigError(
             f"no d to search for {plan.method}: the range [{low}, {high}] is empty"
-            + (f" ({plan.method} needs d > {low - 1}: its scales count in d)" if low > 1 else "")
+            + (f" ({plan.method.upper()} needs d > {low - 1}: its scales count in d)" if low > 1 else "")
         )
     return replace(plan, min_d=max(plan.min_d, low), max_d=high)
 
