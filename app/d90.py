@@ -241,9 +241,10 @@ def feasible(plan: D90Plan, setup: D90Setup, train: LabelledText) -> D90Plan:
     low, top = get_method(plan.method).dim_range(base.model, base.seeded, settings)
     high = min(plan.max_d, top)
     if low >= high:
+        why = f" ({plan.method.upper()} needs d > {low - 1}: its scales count in d)"
         raise SubspaceConfigError(
             f"no d to search for {plan.method}: the range [{low}, {high}] is empty"
-            + (f" ({plan.method.upper()} needs d > {low - 1}: its scales count in d)" if low > 1 else "")
+            + (why if low > 1 else "")
         )
     return replace(plan, min_d=max(plan.min_d, low), max_d=high)
 
