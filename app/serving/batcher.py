@@ -138,7 +138,7 @@ class MicroBatcher:
                 rows = await loop.run_in_executor(
                     self._executor, classify_mixed, self.pool, tasks, items
                 )
-                probs = torch.stack(rows) if len({r.numel() for r in rows}) == 1 else rows
+                probs = rows  # one (C_task,) row each: label counts differ between requests
             else:
                 task = queue.task
                 texts = [t for t, _ in items]
@@ -158,7 +158,7 @@ class MicroBatcher:
             n = len(request.items)
             if not request.future.done():
                 part = probs[offset : offset + n]
-                request.future.set_result(part if torch.is_tensor(part) else torch.stack(part))
+                request.future.set_result(torch.stack(part) if queue.mixed else part)
             offset += n
 
     def _compute(self, task: TaskArtifact, texts: list[str], pairs: list[str] | None):

@@ -14,7 +14,8 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel
-from app.engine.lowrank import LowRankConfig, LowRankFactors, MixedLowRankModel, softmax_rows
+from app.engine.lowrank import LowRankFactors, MixedLowRankModel, config_of, softmax_rows
+from app.engine.reconstruct import settings_of
 from app.serving.cache import TOKENIZER_LOCK, CacheStats
 
 
@@ -62,13 +63,7 @@ class LowRankPool:
         server = self.server(task.model)
         server.check_compatible(task.base_digest, task.D, len(task.labels))
         start = time.perf_counter()
-        config = LowRankConfig(
-            task.dim,
-            task.seed,
-            task.rank,
-            tuple(task.targets.split(",")) if task.targets else None,
-            task.lam is not None,
-        )
+        config = config_of(settings_of(task))  # the same reading of the file as reconstruct
         built = server.build(config, len(task.labels), task.theta, task.lam)
         self.stats.rebuild_seconds.add(time.perf_counter() - start)
         with self._lock:

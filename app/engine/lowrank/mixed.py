@@ -198,7 +198,6 @@ class MixedLowRankModel:
         idx = torch.tensor(index, device=self.device)
         single = len(tasks) == 1
         targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
-        names = {t.name: t for f in tasks for t in f.layout.targets}
         same = all(f.layout.targets == tasks[0].layout.targets for f in tasks) and all(
             (f.seed, f.layout.rank) == (tasks[0].seed, tasks[0].layout.rank) for f in tasks
         )
@@ -215,6 +214,7 @@ class MixedLowRankModel:
                     b = stacked[:, off : off + t.out_features * r].view(-1, t.out_features, r)
                     targets[t.name] = (a, b, True)
         else:
+            names = {t.name: t for f in tasks for t in f.layout.targets}
             targets = self._slots(tasks, names, idx)
         heads = self._heads(tasks, idx, single)
         return _Batch(targets, heads)

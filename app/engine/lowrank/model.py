@@ -59,6 +59,8 @@ class LowRankModel(nn.Module):
         ]
         self.projection = projection_for(self.layout, config.dim, config.seed, device, dtype)
         self._bs: list[torch.Tensor] | None = None  # this forward's λ_t·B_t, read by the hooks
+        params = dict(self.model.named_parameters())
+        self._head = [(name, params[name]) for name, _ in self.layout.head]  # frozen head_0
         modules = dict(self.model.named_modules())
         self._hooks = [
             modules[t.name].register_forward_hook(self._hook(i))
@@ -75,11 +77,7 @@ class LowRankModel(nn.Module):
 
     def forward(self, **batch: torch.Tensor):
         bs, heads = task_factors(self.layout, self.theta, self.lam, self.projection)
-        params = dict(self.model.named_parameters())
-        overrides = {
-            name: params[name] + delta
-            for (name, _), delta in zip(self.layout.head, heads, strict=True)
-        }
+        overrides = {name: p + delta for (name, p), delta in zip(self._head, heads, strict=True)}
         self._bs = bs
         try:
             return functional_call(self.model, overrides, args=(), kwargs=batch, strict=False)
