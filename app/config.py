@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
+    # Reliability (README "Reliability"): a running job's worker renews its lease every
+    # job_lease_s / 6; a sweeper (in every worker and in `serve`) requeues a job whose lease
+    # expired, and a queued job whose broker message is gone after requeue_queued_after_s.
+    job_lease_s: float = Field(default=60.0, ge=1)
+    sweep_every_s: float = Field(default=15.0, gt=0)
+    requeue_queued_after_s: float = Field(default=60.0, gt=0)
+    max_worker_losses: int = Field(default=3, ge=1)  # then the job fails with worker_lost
+    db_retry_s: float = Field(default=300.0, ge=0)  # a worker retries its writes this long
+    worker_down_grace_s: float = Field(default=30.0, ge=0)  # /healthz 503 after this long
+    # Per-tenant limits (429 with Retry-After); 0 turns a limit off.
+    tenant_max_active_jobs: int = Field(default=8, ge=0)  # queued + running jobs
+    tenant_infer_rps: float = Field(default=0.0, ge=0)  # inference requests per second
 
     @model_validator(mode="after")
     def _defaults_and_checks(self) -> Settings:

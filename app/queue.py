@@ -3,6 +3,8 @@ the worker code (or torch) to queue one."""
 
 from __future__ import annotations
 
+import json
+import re
 from enum import StrEnum
 from functools import lru_cache
 
@@ -25,12 +27,13 @@ def celery_config(settings: Settings) -> dict:
     options: dict = {"visibility_timeout": settings.visibility_timeout_s}
     if settings.is_embedded_broker:
         folder = settings.data_dir / "broker"
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # kombu's default is ./control
             "store_processed": False,
         }
     return {
@@ -69,3 +72,38 @@ def queue_depth(settings: Settings) -> int | None:
     import redis
 
     return int(redis.Redis.from_url(settings.broker_url, socket_timeout=2).llen(Queue.GPU.value))
+
+
+def _train_job_ids(messages) -> set[str]:
+    """Job ids of the train messages among raw kombu messages (JSON with readable headers)."""
+    ids = set()
+    for raw in messages:
+        try:
+            headers = json.loads(raw)["headers"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if headers.get("task") == TRAIN_TASK:
+            ids.update(re.findall(r"job_[0-9a-f]+", headers.get("argsrepr", "")))
+    return ids
+
+
+def _read_if_there(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:  # a worker took it meanwhile
+        return b""
+
+
+def waiting_job_ids(settings: Settings) -> set[str]:
+    """Jobs whose train message waits in the gpu queue, not yet taken by a worker; the sweeper
+    resends a long-queued job that is not among them. Raises if the broker is unreachable."""
+    if settings.is_embedded_broker:
+        folder = settings.data_dir / "broker" / "queue"
+        files = folder.glob(f"*.{Queue.GPU.value}.msg") if folder.is_dir() else []
+        return _train_job_ids(_read_if_there(path) for path in files)
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    # kombu keeps one list per priority step: "gpu", then "gpu\x06\x16<n>" for the others
+    keys = [Queue.GPU.value, *client.keys(f"{Queue.GPU.value}\x06\x16*")]
+    return _train_job_ids(raw for key in keys for raw in client.lrange(key, 0, -1))

@@ -1,12 +1,18 @@
 """The worker's Celery app: `celery -A workers.celery_app worker -Q gpu -P solo` (one process
-per GPU: CUDA does not survive fork). `kilotask worker` runs exactly that."""
+per GPU: CUDA does not survive fork). `kilotask worker` runs exactly that.
+
+Every worker also runs the sweeper (app/sweeper.py) on a thread, so a job whose worker died is
+requeued by any surviving worker, whatever the broker's visibility timeout.
+"""
 
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 
 from app.config import get_settings
 from app.queue import celery_config
+from app.sweeper import Sweeper
 
 
 def make_celery() -> Celery:
@@ -16,3 +22,16 @@ def make_celery() -> Celery:
 
 
 app = make_celery()
+_sweeper: Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeper(**_) -> None:
+    global _sweeper
+    _sweeper = Sweeper(get_settings()).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()

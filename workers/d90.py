@@ -34,8 +34,10 @@ from app.engine.errors import EngineError
 from app.engine.intrinsic import D90Plan, Run, run_key
 from app.engine.trainer import TrainCallbacks, TrainingCancelled
 from app.jobs import FINISHED, add_event
+from app.leases import worker_name
 from app.queue import enqueue_d90_help
-from workers.d90_board import Claimed, RunBoard, worker_name
+from workers.d90_board import Claimed, RunBoard
+from workers.reporter import JobReporter
 
 POLL_S = 0.5
 
@@ -66,9 +68,10 @@ def setup_and_plan(job: Job) -> tuple[D90Setup, D90Plan]:
 
 
 def run_d90_job(
-    session: Session, job: Job, callbacks, labelled, device: str
-) -> TaskArtifact | None:
-    """Run the search of `job`; returns the smallest passing task (None if none passed)."""
+    session: Session, job: Job, reporter: JobReporter, labelled, device: str
+) -> tuple[TaskArtifact | None, dict]:
+    """Run the search of `job`; returns the smallest passing task (None if none passed) and
+    the job's final metrics. Progress goes through `reporter`'s fenced writes."""
     setup, plan = setup_and_plan(job)
     train = labelled(session.get(Dataset, job.train_dataset_id))
     eval_ = labelled(session.get(Dataset, job.eval_dataset_id))
@@ -86,23 +89,25 @@ def run_d90_job(
         def on_event(kind: str, data: dict) -> None:
             if kind == "run_started":
                 data = data | {"worker": worker_name(), "role": "search"}
-            if kind == "run_finished":
-                job.checkpoint = (out / STATE).read_bytes()
+            values = {}
+            if kind == "run_finished":  # the search's state: a resumed search skips the run
+                values["checkpoint"] = (out / STATE).read_bytes()
             if kind == "point":
-                job.metrics = data["partial"]
+                values["metrics"] = data["partial"]
             shown = {k: v for k, v in data.items() if k != "partial"}
-            add_event(session, job.id, "d90", event=kind, **shown)
-            session.commit()
+            reporter.record(values, "d90", event=kind, **shown)
+            reporter.flush(wait=kind == "run_finished")
 
         workers = int(job.hyperparameters.get("workers", 1))
-        spread = _spread(session, job, board, workers)
-        result = run_d90(setup, plan, train, eval_, out, device, callbacks, on_event, reuse, spread)
-        job.metrics = {"setup": setup.__dict__} | result.to_dict()
+        spread = _spread(session, job, board, workers, reporter)
+        result = run_d90(setup, plan, train, eval_, out, device, reporter, on_event, reuse, spread)
+        metrics = {"setup": setup.__dict__} | result.to_dict()
         best = out / "d90-task.safetensors"
-        return TaskArtifact.load(best) if result.d90 is not None and best.exists() else None
+        found = result.d90 is not None and best.exists()
+        return (TaskArtifact.load(best) if found else None), metrics
 
 
-def _spread(session: Session, job: Job, board: RunBoard, workers: int):
+def _spread(session: Session, job: Job, board: RunBoard, workers: int, reporter: JobReporter):
     """Post the runs, ask for up to `workers - 1` helpers, then do runs here while there are
     pending ones and collect the helpers' results as they land."""
 
@@ -127,8 +132,7 @@ def _spread(session: Session, job: Job, board: RunBoard, workers: int):
                     metric, task = run_here(*claimed.run)
                 board.finish(claimed, metric, task)
                 continue
-            session.refresh(job, ["cancel_requested"])
-            if job.cancel_requested:
+            if reporter.should_stop():
                 raise TrainingCancelled("cancel requested while helpers were training")
             time.sleep(POLL_S)
 

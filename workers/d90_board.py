@@ -9,8 +9,6 @@ lease belongs to a dead worker and goes back to pending.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,13 +21,10 @@ from sqlalchemy.orm import Session
 
 from app.db.models import D90Run, utcnow
 from app.engine.intrinsic import Run, run_key
+from app.leases import worker_name
 
 LEASE_S = 120.0  # a run with no heartbeat for this long is taken back
 BEAT_S = 10.0
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -1,72 +1,38 @@
 """The train task: a thin adapter from a job id to app.engine.train_task.
 
-Idempotent and resumable: a redelivered job (late ack after a crash) reloads its checkpoint
-from the database and continues; a finished job is skipped; the task row is unique per job, so
-a job stores exactly one task however often it runs.
+A worker first claims the job (app/leases.py): a job that is finished, or running under another
+worker's live lease, is skipped, so a message delivered twice never runs a job twice at once.
+A job resumed after its worker was lost reloads its checkpoint from the database and continues;
+its task row is written in the same fenced transaction as its final status, so a job stores
+exactly one task however often it runs.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.datasets import parse
-from app.db.models import Dataset, Job, Task, utcnow
-from app.db.session import session_factory
+from app.db.models import Dataset, Job, Task
+from app.db.session import get_engine, session_factory
 from app.engine.data import ColumnSpec
 from app.engine.errors import EngineError
 from app.engine.pipeline import TrainRequest, train_task
-from app.engine.trainer import TrainCallbacks, TrainConfig, TrainingCancelled
-from app.jobs import FINISHED, add_event
+from app.engine.trainer import TrainConfig, TrainingCancelled
+from app.leases import Lease, LeaseLost, claim
 from app.queue import D90_HELP_TASK, TRAIN_TASK
 from app.task_records import row_from_artifact
 from workers.celery_app import app
 from workers.d90 import help_search, run_d90_job
+from workers.reporter import JobReporter
 
 log = logging.getLogger("kilotask.worker")
-
-
-class JobReporter(TrainCallbacks):
-    """Writes progress, metrics and checkpoints to the job row; polls for cancellation.
-    Database writes are throttled so a fast model is not slowed down by its bookkeeping."""
-
-    def __init__(self, session: Session, job: Job, checkpoint_path: Path, every_s: float = 1.0):
-        self.session, self.job, self.path, self.every_s = session, job, checkpoint_path, every_s
-        self._last_write = 0.0
-        self._last_poll = 0.0
-
-    def on_step(self, step: int, total: int, loss: float) -> None:
-        now = time.monotonic()
-        if now - self._last_write >= self.every_s or step == total:
-            self.job.step, self.job.total_steps = step, total
-            add_event(self.session, self.job.id, "progress", step=step, total=total, loss=loss)
-            self.session.commit()
-            self._last_write = now
-
-    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        self.job.metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        add_event(self.session, self.job.id, "metrics", step=step, **self.job.metrics)
-        self.session.commit()
-
-    def on_checkpoint(self, step: int) -> None:
-        self.job.checkpoint = self.path.read_bytes()
-        self.job.step = step
-        self.session.commit()
-
-    def should_stop(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_poll < 0.5:
-            return False
-        self._last_poll = now
-        self.session.refresh(self.job, ["cancel_requested"])
-        return self.job.cancel_requested
 
 
 def _labelled(ds: Dataset):
@@ -75,117 +41,115 @@ def _labelled(ds: Dataset):
     )
 
 
-def _finish(
-    session: Session, job: Job, status: str, code: str | None = None, msg: str = ""
-) -> None:
-    job.status, job.finished_at = status, utcnow()
-    job.error_code, job.error_message = code, msg or None
-    if status == "succeeded" and job.kind != "d90":  # a search's state is its record of runs
-        job.checkpoint = None
-    add_event(session, job.id, "status", status=status, **({"error": msg} if code else {}))
-    session.commit()
+def _failed(reporter: JobReporter, exc: BaseException) -> None:
+    """Record a crash on the job (if the database lets us), then let Celery log it."""
+    try:
+        reporter.finish("failed", "internal_error", f"{type(exc).__name__}: {exc}")
+    except Exception as again:  # database down for good: the lease runs out, the job requeues
+        log.warning("job %s: could not record the failure: %s", reporter.job_id, again)
 
 
 def run_job(job_id: str, device: str = "cpu") -> str:
-    """Run (or resume) one training job to its end; returns the final status."""
+    """Claim one job and run (or resume) it to its end; returns the final status, or why it
+    was not run ('taken', 'finished', 'gone', 'lease_lost')."""
     settings = get_settings()
-    with session_factory(settings)() as session:
+    lease = claim(get_engine(settings), job_id, settings.job_lease_s, settings.db_retry_s)
+    if isinstance(lease, str):
+        log.info("job %s not run here: %s", job_id, lease)
+        return lease
+    with lease.kept_alive(), session_factory(settings)() as session:
         job = session.get(Job, job_id)
-        if job is None or job.status in FINISHED:
-            return "skipped"
-        if job.cancel_requested:
-            _finish(session, job, "cancelled")
-            return "cancelled"
-        resumed = job.checkpoint is not None
-        job.status, job.attempts = "running", job.attempts + 1
-        job.started_at = job.started_at or utcnow()
-        add_event(
-            session,
-            job.id,
-            "status",
-            status="running",
-            attempt=job.attempts,
-            resumed_from_step=job.step if resumed else 0,
-        )
-        session.commit()
-
-        if job.kind == "d90":
-            return _run_search(session, job, device)
-        hp = dict(job.hyperparameters)
-        storage_dtype = hp.pop("storage_dtype", "float32")
-        max_length = hp.pop("max_length", 128)
-        config = TrainConfig(method=job.method, checkpoint_every=settings.checkpoint_every, **hp)
-        train_ds = session.get(Dataset, job.train_dataset_id)
-        eval_ds = session.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = Path(tmp) / "job.ckpt"
-            if resumed:
-                ckpt.write_bytes(job.checkpoint)
-            try:
-                request = TrainRequest(
-                    job.model,
-                    _labelled(train_ds),
-                    _labelled(eval_ds) if eval_ds else None,
-                    job.dim,
-                    job.seed,
-                    max_length,
-                    storage_dtype,
-                    config,
-                    dict(job.options or {}),
-                )
-                outcome = train_task(request, JobReporter(session, job, ckpt), str(ckpt), device)
-            except TrainingCancelled:
-                _finish(session, job, "cancelled")
-                return "cancelled"
-            except EngineError as exc:  # bad input or config: retrying cannot help
-                _finish(session, job, "failed", exc.code, str(exc))
-                return "failed"
-            except Exception as exc:  # a bug: record it on the job, then let Celery log it
-                session.rollback()
-                _finish(session, job, "failed", "internal_error", f"{type(exc).__name__}: {exc}")
-                raise
-        job.metrics = {f"eval_{k}": v for k, v in outcome.metrics.items()}
-        if outcome.artifact is not None:
-            _store_task(session, job, outcome.artifact.with_metrics(job.metrics))
-        _finish(session, job, "succeeded")
-        return "succeeded"
-
-
-def _run_search(session: Session, job: Job, device: str) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        reporter = JobReporter(session, job, Path(tmp) / "unused.ckpt")
         try:
-            artifact = run_d90_job(session, job, reporter, _labelled, device)
+            if job.kind == "d90":
+                return _run_search(session, job, lease, device)
+            return _run_training(session, job, lease, settings.checkpoint_every, device)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return "lease_lost"
+
+
+def _run_training(
+    session: Session, job: Job, lease: Lease, checkpoint_every: int, device: str
+) -> str:
+    hp = dict(job.hyperparameters)
+    storage_dtype = hp.pop("storage_dtype", "float32")
+    max_length = hp.pop("max_length", 128)
+    config = TrainConfig(method=job.method, checkpoint_every=checkpoint_every, **hp)
+    train_ds = session.get(Dataset, job.train_dataset_id)
+    eval_ds = session.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "job.ckpt"
+        if job.checkpoint is not None:
+            ckpt.write_bytes(job.checkpoint)
+        reporter = JobReporter(lease, ckpt)
+        try:
+            request = TrainRequest(
+                job.model,
+                _labelled(train_ds),
+                _labelled(eval_ds) if eval_ds else None,
+                job.dim,
+                job.seed,
+                max_length,
+                storage_dtype,
+                config,
+                dict(job.options or {}),
+            )
+            outcome = train_task(request, reporter, str(ckpt), device)
         except TrainingCancelled:
-            _finish(session, job, "cancelled")
+            reporter.finish("cancelled")
             return "cancelled"
-        except EngineError as exc:
-            _finish(session, job, "failed", exc.code, str(exc))
+        except EngineError as exc:  # bad input or config: retrying cannot help
+            reporter.finish("failed", exc.code, str(exc))
             return "failed"
-        except Exception as exc:
-            session.rollback()
-            _finish(session, job, "failed", "internal_error", f"{type(exc).__name__}: {exc}")
+        except LeaseLost:
             raise
-    if artifact is not None:
-        _store_task(session, job, artifact)
-    _finish(session, job, "succeeded")
+        except Exception as exc:
+            _failed(reporter, exc)
+            raise
+    metrics = {f"eval_{k}": v for k, v in outcome.metrics.items()}
+    artifact = outcome.artifact.with_metrics(metrics) if outcome.artifact is not None else None
+    reporter.finish("succeeded", values={"metrics": metrics, "checkpoint": None},
+                    also=_task_storer(job, artifact))  # fmt: skip
     return "succeeded"
 
 
-def _store_task(session: Session, job: Job, artifact) -> None:
-    existing = session.scalar(select(Task).where(Task.job_id == job.id))
-    if existing is None:
-        row = row_from_artifact(artifact, job.tenant_id, job.id)
-        session.add(row)
-        try:
+def _run_search(session: Session, job: Job, lease: Lease, device: str) -> str:
+    reporter = JobReporter(lease)
+    try:
+        artifact, metrics = run_d90_job(session, job, reporter, _labelled, device)
+    except TrainingCancelled:
+        reporter.finish("cancelled")
+        return "cancelled"
+    except EngineError as exc:
+        reporter.finish("failed", exc.code, str(exc))
+        return "failed"
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        session.rollback()
+        _failed(reporter, exc)
+        raise
+    # a search keeps its state (its record of runs) for reuse by later searches
+    reporter.finish("succeeded", values={"metrics": metrics}, also=_task_storer(job, artifact))
+    return "succeeded"
+
+
+def _task_storer(job: Job, artifact) -> Callable[[Session], dict]:
+    """Store the job's task in the same fenced transaction as its final status: a job whose
+    lease was lost stores nothing, and the unique job_id keeps it to one task."""
+
+    def store(session: Session) -> dict:
+        if artifact is None:
+            return {}
+        task_id = session.scalar(select(Task.id).where(Task.job_id == job.id))
+        if task_id is None:
+            row = row_from_artifact(artifact, job.tenant_id, job.id)
+            session.add(row)
             session.flush()
-        except IntegrityError:  # a concurrent duplicate delivery stored it first
-            session.rollback()
-            existing = session.scalar(select(Task).where(Task.job_id == job.id))
-            job = session.get(Job, job.id)
-        else:
-            existing = row
-    job.task_id = existing.id
+            task_id = row.id
+        return {"task_id": task_id}
+
+    return store
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

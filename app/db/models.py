@@ -74,7 +74,8 @@ class Dataset(Base):
 
 class Job(Base):
     """A training run. `checkpoint` holds the latest trainer checkpoint (a few KB for subspace
-    methods) so any worker can resume it after a crash."""
+    methods) so any worker can resume it after a crash. A running job is leased to one worker
+    (`lease_owner` until `lease_expires_at`); the sweeper requeues it when the lease runs out."""
 
     __tablename__ = "job"
     __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
@@ -99,7 +100,12 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # attempts is also the fencing token: each claim by a worker bumps it, and every write a
+    # worker makes checks it (app/leases.py), so a worker that lost its lease writes nothing.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the worker
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)
     task_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,4 +1,5 @@
-"""Liveness with real checks: the database answers a query and the broker answers a ping."""
+"""Liveness with real checks: the database answers a query, the broker answers a ping, and
+(under `kilotask serve`) a local worker runs or is being restarted."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app import supervisor
 from app.api.deps import SessionDep, SettingsDep
+from app.schemas.health import Health
 
 router = APIRouter(tags=["health"])
 
@@ -19,9 +22,25 @@ def _broker_ok(url: str) -> bool:
     return True  # the embedded filesystem broker lives in this process's data folder
 
 
-@router.get("/healthz")
+def _worker(grace_s: float) -> tuple[dict | None, bool]:
+    """The supervised worker's state, and whether that is healthy: a worker that died is
+    'restarting' (still healthy) until it has been gone for `grace_s`, then 'down'."""
+    sup = supervisor.current()
+    if sup is None:
+        return None, True
+    status = sup.status()
+    if status["state"] != "up" and status["down_for_s"] >= grace_s:
+        status["state"] = "down"
+    return status, status["state"] in ("up", "restarting")
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "a check failed (the body says which)"}},
+)
 def healthz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
-    checks = {}
+    checks: dict = {}
     try:
         session.execute(text("SELECT 1"))
         checks["database"] = "ok"
@@ -31,5 +50,8 @@ def healthz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
         checks["broker"] = "ok" if _broker_ok(settings.broker_url) else "error"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
-    healthy = all(v == "ok" for v in checks.values())
+    worker, worker_ok = _worker(settings.worker_down_grace_s)
+    if worker is not None:
+        checks["worker"] = worker
+    healthy = worker_ok and checks["database"] == "ok" and checks["broker"] == "ok"
     return JSONResponse({"status": "ok" if healthy else "error", **checks}, 200 if healthy else 503)
