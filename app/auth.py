@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey, Tenant
-from app.errors import UnauthorizedError
+from app.db.models import ApiKey, Tenant, utcnow
+from app.errors import NotFoundError, UnauthorizedError
 
 
 def hash_key(key: str) -> str:
@@ -30,17 +30,44 @@ def create_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
 
 
 def tenant_for_key(session: Session, authorization: str | None) -> str:
-    """The tenant id behind an `Authorization: Bearer <key>` header, or UnauthorizedError."""
-    if not authorization or not authorization.startswith("Bearer "):
+    """The tenant id behind an `Authorization: Bearer <key>` header, or UnauthorizedError. The
+    scheme is case-insensitive (RFC 9110) and spaces around the key do not matter."""
+    scheme, key = [*(authorization or "").split(None, 1), "", ""][:2]
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         raise UnauthorizedError(
             "send an API key as 'Authorization: Bearer <key>' "
             "(create one with: kilotask keys create --tenant NAME)"
         )
     row = session.scalar(
-        select(ApiKey).where(
-            ApiKey.key_hash == hash_key(authorization[7:].strip()), ApiKey.revoked_at.is_(None)
-        )
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
     if row is None:
         raise UnauthorizedError("this API key is not valid (unknown or revoked)")
     return row.tenant_id
+
+
+def list_keys(session: Session, tenant_name: str | None = None) -> list[tuple[ApiKey, Tenant]]:
+    """Every API key (of one tenant if named) with its tenant, oldest first. Keys themselves
+    are never stored, so never listed."""
+    query = select(ApiKey, Tenant).join(Tenant, ApiKey.tenant_id == Tenant.id)
+    if tenant_name is not None:
+        query = query.where(Tenant.name == tenant_name)
+    rows = session.execute(query.order_by(ApiKey.created_at, ApiKey.id))
+    return [(key, tenant) for key, tenant in rows]
+
+
+def revoke_key(session: Session, key_id: str) -> tuple[ApiKey, bool]:
+    """Revoke the key `key_id` (`key_…`) at once: `tenant_for_key` refuses it from the next
+    request on. Returns (key, newly revoked); revoking twice keeps the first time. NotFoundError
+    for an unknown id."""
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    session.commit()
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFoundError(f"no API key {key_id!r} (see: kilotask keys list)")
+    return key, result.rowcount == 1

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     t.add_argument(
-        "--out", default="task.safetensors", help="task file (or folder for --method full)"
+        "--out",
+        help="task file (default task.safetensors); for --method full a model folder "
+        "(default task-model)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a task as a PEFT LoRA adapter or a merged HF model")
     e.add_argument("task", help="task .safetensors file")
     e.add_argument("--format", choices=["peft", "hf"], required=True)
-    e.add_argument("--out", required=True, help="output folder (new or empty)")
+    e.add_argument("--out", required=True, help="output folder (new or empty, not *.safetensors)")
     e.add_argument("--model", help="base model to rebuild on (default: the task's)")
 
     i = sub.add_parser("inspect", help="print a task file's metadata as JSON")
@@ -147,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create an API key for a tenant (made if new)")
     kc.add_argument("--tenant", required=True)
+    kl = ksub.add_parser(
+        "list",
+        help="print the API keys as JSON lines, one per key: id, tenant, tenant_id, created_at, "
+        "revoked_at (never the key or its hash)",
+    )
+    kl.add_argument("--tenant", help="only this tenant's keys")
+    kr = ksub.add_parser("revoke", help="revoke an API key: refused (401) from the next request")
+    kr.add_argument("key_id", metavar="KEY_ID", help="the key's id, key_… (see: keys list)")
     return parser
 
 
@@ -162,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from app.client import ServerError
     from app.engine.errors import EngineError
+    from app.errors import KilotaskError
 
     try:
         commands = {
@@ -182,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServerError as exc:
         print(f"kilotask: error: {exc}", file=sys.stderr)
         return 2
+    except KilotaskError as exc:
+        print(f"kilotask: error: {exc.message}", file=sys.stderr)
+        return 2
     except FileNotFoundError as exc:
         print(f"kilotask: error: no such file: {exc.filename}", file=sys.stderr)
         return 2
@@ -201,7 +215,37 @@ def _read_train_eval(args: argparse.Namespace):
     return train_data, read_table(args.eval, train_data.columns, names=args.columns)
 
 
+def _train_out(args: argparse.Namespace) -> str | None:
+    """Default and check --out before any data is read: a task file for the subspace methods,
+    a model folder for --method full. Returns an error message, or None."""
+    from pathlib import Path
+
+    full = args.method == "full"
+    if args.out is None:
+        args.out = "task-model" if full else "task.safetensors"
+    out = Path(args.out)
+    if full:
+        if out.suffix.lower() == ".safetensors":
+            return (f"--method full writes a model folder, not a task file: pick a folder name "
+                    f"for --out, not {args.out}")  # fmt: skip
+        if out.exists() and not out.is_dir():
+            return (f"--out {args.out} is an existing file; --method full writes a model folder "
+                    f"there: pick a folder name")  # fmt: skip
+        return None
+    if out.is_dir():
+        return (f"--out {args.out} is a folder; --method {args.method} writes one task file: give "
+                f"a file path, e.g. {out / 'task.safetensors'}")  # fmt: skip
+    parent = out.parent
+    if not parent.is_dir():
+        return f"--out {args.out}: the folder {parent} does not exist (create it first)"
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
+    problem = _train_out(args)
+    if problem:
+        print(f"kilotask: error: {problem}", file=sys.stderr)
+        return 2
     from app.cli_progress import ProgressBar
     from app.engine.pipeline import TrainRequest, train_task
     from app.engine.trainer import TrainConfig
@@ -349,6 +393,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.suffix.lower() == ".safetensors":
+        print(f"kilotask: error: export writes a folder, not a file: pick a folder name for "
+              f"--out, not {args.out}", file=sys.stderr)  # fmt: skip
+        return 2
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"kilotask: error: --out {args.out} exists and is not an empty folder",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from app.engine.artifact import TaskArtifact
     from app.engine.export import export_task
 
@@ -370,12 +425,43 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(args: argparse.Namespace) -> int:
-    from app.config import get_settings
-    from app.db.migrate import upgrade
+def _settings():
+    """The service settings, or KilotaskError (one line, exit 2) naming a bad KILOTASK_* value."""
+    from pydantic import ValidationError
 
-    settings = get_settings()
-    upgrade(settings.database_url)
+    from app.config import get_settings
+    from app.errors import KilotaskError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        what = f"setting KILOTASK_{where.upper()}" if where else "settings"
+        raise KilotaskError(f"bad {what}: {first['msg']}") from None
+
+
+def _open_database():
+    """Settings and a session factory on a database that exists and is at the schema head
+    (data folder made, migrations run), or KilotaskError if it cannot be opened."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.db.migrate import prepare_database
+    from app.db.session import session_factory
+    from app.errors import KilotaskError
+
+    settings = _settings()
+    try:
+        prepare_database(settings)
+    except (OperationalError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = settings.database_url.split("@")[-1]
+        raise KilotaskError(f"cannot open the database {where}: {reason}") from None
+    return settings, session_factory(settings)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings, _ = _open_database()
     print(json.dumps({"database": settings.database_url.split("@")[-1], "schema": "head"}))
     return 0
 
@@ -408,17 +494,18 @@ def _die_with_parent() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Migrate, make a first API key if there is none, start a local worker process (the
-    embedded broker is a folder, so API and worker share it), then serve until interrupted."""
-    import subprocess
-
+    """Migrate, make a first API key if there is none, start the sweeper and a supervised
+    local worker process (the embedded broker is a folder, so API and worker share it), then
+    serve until interrupted."""
     import uvicorn
 
+    from app import supervisor
     from app.auth import create_key
     from app.config import get_settings
     from app.db.migrate import upgrade
     from app.db.models import ApiKey
     from app.db.session import session_factory
+    from app.sweeper import Sweeper
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -429,35 +516,90 @@ def _serve(args: argparse.Namespace) -> int:
             (settings.data_dir / "api_key").write_text(key + "\n")
             print(f"kilotask: created an API key for tenant 'local': {key}", file=sys.stderr)
             print(f"kilotask: (also saved in {settings.data_dir / 'api_key'})", file=sys.stderr)
+    sweeper = Sweeper(settings).start()
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen(
+        worker = supervisor.WorkerSupervisor(
             [sys.executable, "-m", "app.cli", "worker", "--loglevel=WARNING"],
-            start_new_session=True,  # its shutdown signals stay in its own process group
-            preexec_fn=_die_with_parent,
-        )
+            on_exit=sweeper.worker_died,
+            # its own process group keeps our shutdown signals from it; it dies with us
+            popen_options={"start_new_session": True, "preexec_fn": _die_with_parent},
+        ).start()
+        supervisor.install(worker)
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port)
     finally:
+        sweeper.stop()
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            worker.stop()
     return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from app.auth import create_key
-    from app.config import get_settings
-    from app.db.session import session_factory
+    """keys create | list | revoke, on a database made and migrated first (a fresh HOME works
+    before the first `serve`)."""
+    from sqlalchemy.exc import OperationalError
 
-    name = args.tenant.strip()
-    if not name or len(name) > 100:
+    from app.errors import KilotaskError
+
+    name = args.tenant.strip() if getattr(args, "tenant", None) is not None else None
+    if args.keys_command == "create" and (not name or len(name) > 100):
         print("kilotask: error: --tenant must be 1 to 100 characters", file=sys.stderr)
         return 2
-    with session_factory(get_settings())() as session:
-        tenant, key = create_key(session, name)
+    settings, sessions = _open_database()
+    try:
+        with sessions() as session:
+            return {"create": _keys_create, "list": _keys_list, "revoke": _keys_revoke}[
+                args.keys_command
+            ](session, args, name)
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        where = settings.database_url.split("@")[-1]
+        raise KilotaskError(f"cannot use the database {where}: {reason}") from None
+
+
+def _keys_create(session, args: argparse.Namespace, name: str) -> int:
+    from app.auth import create_key
+
+    tenant, key = create_key(session, name)
     print(json.dumps({"tenant": tenant.name, "tenant_id": tenant.id, "api_key": key}))
     return 0
+
+
+def _keys_list(session, args: argparse.Namespace, name: str | None) -> int:
+    from sqlalchemy import select
+
+    from app.auth import list_keys
+    from app.db.models import Tenant
+
+    if name is not None and session.scalar(select(Tenant.id).where(Tenant.name == name)) is None:
+        print(f"kilotask: error: no tenant named {name!r}", file=sys.stderr)
+        return 2
+    for key, tenant in list_keys(session, name):
+        print(json.dumps({"id": key.id, "tenant": tenant.name, "tenant_id": tenant.id,
+                          "created_at": _timestamp(key.created_at),
+                          "revoked_at": _timestamp(key.revoked_at)}))  # fmt: skip
+    return 0
+
+
+def _keys_revoke(session, args: argparse.Namespace, name: None) -> int:
+    from app.auth import revoke_key
+
+    key, newly = revoke_key(session, args.key_id.strip())
+    revoked_at = _timestamp(key.revoked_at)
+    if not newly:
+        print(f"kilotask: {key.id} was already revoked (at {revoked_at})", file=sys.stderr)
+    print(json.dumps({"id": key.id, "revoked_at": revoked_at, "already_revoked": not newly}))
+    return 0
+
+
+def _timestamp(when) -> str | None:
+    """ISO 8601 in UTC (SQLite hands timestamps back without their zone)."""
+    from datetime import UTC
+
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
 
 
 if __name__ == "__main__":

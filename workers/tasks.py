@@ -94,6 +94,7 @@ def _run_training(
                 config,
                 dict(job.options or {}),
             )
+            session.commit()  # end the read transaction: training holds no connection
             outcome = train_task(request, reporter, str(ckpt), device)
         except TrainingCancelled:
             reporter.finish("cancelled")

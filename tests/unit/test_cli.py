@@ -152,3 +152,69 @@ def test_lowrank_train_predict_and_export(trained, tiny_bert, tmp_path):
     bad = run("train", *common, "--method", "said", "--dim", "120", "--rank", "2",
               "--out", str(tmp_path / "x.safetensors"), check=False)  # fmt: skip
     assert bad.returncode == 2 and "rank" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _fails_fast(*args: str, cwd=None) -> str:
+    """Runs kilotask; it must exit 2 with one `kilotask: error:` line long before the 100,000
+    training steps it was given could run. Returns that line."""
+    proc = subprocess.run([KILOTASK, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kilotask: error: "), proc.stderr[-2000:]
+    assert proc.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "method,out,message",
+    [
+        ("said", "folder", "is a folder"),
+        ("lowrank", "folder", "file path"),
+        ("did", "missing/task.safetensors", "does not exist"),
+        ("full", "t.safetensors", "model folder"),
+        ("full", "file", "existing file"),
+    ],
+)
+def test_train_checks_out_before_reading_data_or_training(
+    trained, tiny_bert, tmp_path, method, out, message
+):
+    """A subspace task is one file: an existing folder or a missing parent folder is refused.
+    Full fine-tuning writes a folder: a .safetensors name or an existing file is refused. The
+    check comes first: 100,000 steps on a valid file would otherwise run for a long time."""
+    folder, *_ = trained
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep me")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = _fails_fast("train", "--model", str(tiny_bert), "--train", str(folder / "train.tsv"),
+                       "--method", method, "--dim", "120", "--max-steps", "100000",
+                       "--out", str(tmp_path / out), "--quiet")  # fmt: skip
+    assert message in line and out.split("/")[0] in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert (tmp_path / "file").read_text() == "keep me" and not any((tmp_path / "folder").iterdir())
+
+
+def test_train_checks_out_even_before_the_train_file(tmp_path):
+    line = _fails_fast("train", "--train", str(tmp_path / "absent.tsv"),
+                       "--out", str(tmp_path))  # fmt: skip
+    assert "is a folder" in line and "absent" not in line
+
+
+def test_full_default_out_is_a_folder_name(trained, tiny_bert, tmp_path):
+    """Without --out, --method full writes the folder task-model (not a folder named
+    task.safetensors); an existing file of that name is refused up front."""
+    folder, *_ = trained
+    (tmp_path / "task-model").write_text("x")
+    line = _fails_fast("train", "--model", str(tiny_bert), "--train", str(folder / "train.tsv"),
+                       "--method", "full", "--max-steps", "100000", cwd=tmp_path)  # fmt: skip
+    assert "task-model" in line
+
+
+def test_export_refuses_a_file_name_or_existing_file_for_out(trained, tmp_path):
+    _, out, _, _ = trained
+    line = _fails_fast(
+        "export", str(out), "--format", "hf", "--out", str(tmp_path / "m.safetensors")
+    )
+    assert "folder" in line and not (tmp_path / "m.safetensors").exists()
+    (tmp_path / "file").write_text("keep me")
+    line = _fails_fast("export", str(out), "--format", "hf", "--out", str(tmp_path / "file"))
+    assert "not an empty folder" in line and (tmp_path / "file").read_text() == "keep me"
