@@ -35,11 +35,11 @@ class JobReporter(TrainCallbacks):
     def job_id(self) -> str:
         return self.lease.job_id
 
-    def record(self, values: dict | None = None, event: str | None = None, **data) -> None:
-        """Buffer column values and an event for the next write."""
+    def record(self, values: dict | None = None, event_type: str | None = None, /, **data) -> None:
+        """Buffer column values and an event (of `event_type`, with `data`) for the next write."""
         self._values.update(values or {})
-        if event is not None:
-            self._events.append((event, data, utcnow()))
+        if event_type is not None:
+            self._events.append((event_type, data, utcnow()))
 
     def flush(self, wait: bool = False, also: Callable[[Session], dict] | None = None) -> bool:
         """Write what is buffered in one fenced transaction. With `wait`, retry while the
