@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     default_model: str = "minilm-l6"
     max_upload_mb: float = Field(default=50.0, gt=0)
     max_rows: int = Field(default=1_000_000, gt=0)
-    longest_job_s: int = Field(default=6 * 3600, gt=0)
+    # Redis hands an unacknowledged message to another worker after this long; a job still
+    # running under a live lease is then skipped, so any value is safe (leases, not this,
+    # bring back a dead worker's job)
     visibility_timeout_s: int = Field(default=12 * 3600, gt=0)
     checkpoint_every: int = Field(default=50, gt=0)
     run_lease_s: float = Field(default=120.0, gt=0)  # a d90 run silent this long is taken back
@@ -54,11 +56,6 @@ class Settings(BaseSettings):
             self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
         if not self.broker_url:
             self.broker_url = "filesystem://"
-        if self.visibility_timeout_s <= self.longest_job_s:
-            raise ValueError(
-                "KILOTASK_VISIBILITY_TIMEOUT_S must exceed KILOTASK_LONGEST_JOB_S, or Redis "
-                "redelivers a still-running job to a second worker"
-            )
         return self
 
     @property

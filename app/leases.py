@@ -21,8 +21,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, utcnow
+from app.heartbeat import beating
 from app.jobs import FINISHED
 
 log = logging.getLogger("kilotask.leases")
@@ -108,31 +109,21 @@ class Lease:
 
         return retry_db(once, self.retry_s if retry else 0.0, what)
 
-    @contextmanager
-    def kept_alive(self) -> Iterator[None]:
+    def kept_alive(self) -> AbstractContextManager[None]:
         """Renew the lease every lease_s / 6 from a thread while the body runs; a renewal that
         finds the job gone sets `lost` (the trainer checks it at its next step)."""
-        stop = threading.Event()
 
-        def beat() -> None:
-            while not stop.wait(self.lease_s / 6):
-                try:
-                    with Session(self.engine) as session:
-                        self._renew(session)
-                        session.commit()
-                except LeaseLost:
-                    log.warning("job %s: lease lost (attempt %d)", self.job_id, self.attempt)
-                    return
-                except Exception as exc:  # database down: the next beat tries again
-                    log.warning("job %s: lease renewal failed: %s", self.job_id, exc)
+        def renew() -> bool:
+            try:
+                with Session(self.engine) as session:
+                    self._renew(session)
+                    session.commit()
+            except LeaseLost:
+                log.warning("job %s: lease lost (attempt %d)", self.job_id, self.attempt)
+                return False
+            return True
 
-        thread = threading.Thread(target=beat, name=f"lease-{self.job_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        return beating(self.lease_s / 6, renew, f"lease-{self.job_id}")
 
 
 def event_row(job_id: str, type_: str, **data) -> JobEvent:

@@ -9,9 +9,7 @@ lease belongs to a dead worker and goes back to pending.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import D90Run, utcnow
 from app.engine.intrinsic import Run, run_key
+from app.heartbeat import beating
 from app.leases import worker_name
 
 LEASE_S = 120.0  # a run with no heartbeat for this long is taken back
@@ -106,27 +105,18 @@ class RunBoard:
         self.session.commit()  # end the read transaction: the next poll sees new commits
         return {key: (metric, task) for key, metric, task in rows}
 
-    @contextmanager
-    def beating(self, claimed: Claimed) -> Iterator[None]:
+    def beating(self, claimed: Claimed) -> AbstractContextManager[None]:
         """Keep the claim alive while training, from a thread with its own session."""
-        every_s = min(BEAT_S, self.lease_s / 4)
-        stop = threading.Event()
         bind = self.session.get_bind()
 
-        def beat() -> None:
+        def beat() -> bool:
             with Session(bind) as session:
-                while not stop.wait(every_s):
-                    session.execute(
-                        update(D90Run)
-                        .where(D90Run.id == claimed.id, D90Run.status == "running")
-                        .values(heartbeat_at=utcnow())
-                    )
-                    session.commit()
+                session.execute(
+                    update(D90Run)
+                    .where(D90Run.id == claimed.id, D90Run.status == "running")
+                    .values(heartbeat_at=utcnow())
+                )
+                session.commit()
+            return True
 
-        thread = threading.Thread(target=beat, name=f"d90-beat-{claimed.id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        return beating(min(BEAT_S, self.lease_s / 4), beat, f"d90-beat-{claimed.id}")
