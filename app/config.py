@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # bring back a dead worker's job)
     visibility_timeout_s: int = Field(default=12 * 3600, gt=0)
     checkpoint_every: int = Field(default=50, gt=0)
+    # full fine-tuning checkpoints (hundreds of MB) go here, not into the job row; every worker
+    # must see the same folder (a shared volume). Default: data_dir/checkpoints
+    checkpoint_dir: Path | None = None
     run_lease_s: float = Field(default=120.0, gt=0)  # a d90 run silent this long is taken back
     serving_cache_mb: float = Field(default=1024.0, gt=0)  # materialised tasks kept in memory
     serving_max_batch: int = Field(default=32, gt=0)
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
             self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
         if not self.broker_url:
             self.broker_url = "filesystem://"
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = self.data_dir / "checkpoints"
         return self
 
     @property

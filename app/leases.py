@@ -140,9 +140,12 @@ def claim(engine: Engine, job_id: str, lease_s: float, retry_s: float) -> Lease 
     def once() -> Lease | str:
         with Session(engine) as session:
             row = session.execute(
-                select(Job.status, Job.attempts, Job.step, Job.checkpoint.is_not(None)).where(
-                    Job.id == job_id
-                )
+                select(
+                    Job.status,
+                    Job.attempts,
+                    Job.step,
+                    Job.checkpoint.is_not(None) | Job.checkpoint_ref.is_not(None),
+                ).where(Job.id == job_id)
             ).first()
             if row is None:
                 return "gone"

@@ -21,6 +21,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.checkpoint_store import CheckpointStore
 from app.config import Settings
 from app.db.models import Job, utcnow
 from app.db.session import get_engine
@@ -51,6 +52,7 @@ def _lost_worker(session: Session, settings: Settings, report: SweepReport) -> N
         lost = f"its worker ({owner or 'unknown'}) stopped renewing its lease at step {step}"
         if cancel:
             values, bucket = {"status": "cancelled", "finished_at": now}, report.cancelled
+            values["checkpoint_ref"] = None
             event = event_row(job_id, "status", status="cancelled", reason=lost)
         elif attempts >= settings.max_worker_losses:
             message = (
@@ -58,7 +60,7 @@ def _lost_worker(session: Session, settings: Settings, report: SweepReport) -> N
                 "again: check the workers' logs (out of memory? killed?) and resubmit"
             )
             values = {"status": "failed", "finished_at": now, "error_code": "worker_lost",
-                      "error_message": message}  # fmt: skip
+                      "error_message": message, "checkpoint_ref": None}  # fmt: skip
             bucket, event = report.failed, event_row(job_id, "status", status="failed",
                                                      error=message)  # fmt: skip
         else:
@@ -102,6 +104,8 @@ def sweep(settings: Settings) -> SweepReport:
         _lost_message(session, settings, report)
     for job_id in report.requeued + report.resent:
         enqueue_train(settings, job_id)  # a failure leaves it queued: the next sweep resends
+    for job_id in report.failed + report.cancelled:  # ended: its checkpoint files go
+        CheckpointStore(settings.checkpoint_dir).remove(job_id)
     if report.requeued or report.failed or report.cancelled or report.resent:
         log.warning("sweep: %s", report)
     return report

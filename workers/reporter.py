@@ -25,8 +25,17 @@ log = logging.getLogger("kilotask.worker")
 
 
 class JobReporter(TrainCallbacks):
-    def __init__(self, lease: Lease, checkpoint_path: Path | None = None, every_s: float = 1.0):
+    def __init__(
+        self,
+        lease: Lease,
+        checkpoint_path: Path | None = None,
+        every_s: float = 1.0,
+        checkpoint_ref: str | None = None,
+    ):
+        """With `checkpoint_ref` (full fine-tuning) the checkpoint stays in its file in the
+        shared store and the row records that name; else its bytes go into the row."""
         self.lease, self.path, self.every_s = lease, checkpoint_path, every_s
+        self.checkpoint_ref = checkpoint_ref
         self._values: dict = {}  # job columns for the next write (newest value wins)
         self._events: list[tuple[str, dict, datetime]] = []
         self._last_write = self._last_poll = 0.0
@@ -87,7 +96,10 @@ class JobReporter(TrainCallbacks):
 
     def on_checkpoint(self, step: int) -> None:
         assert self.path is not None, "checkpoints need a checkpoint path"
-        self.record({"checkpoint": self.path.read_bytes(), "step": step})
+        if self.checkpoint_ref is not None:
+            self.record({"checkpoint_ref": self.checkpoint_ref, "step": step})
+        else:
+            self.record({"checkpoint": self.path.read_bytes(), "step": step})
         self.flush()
 
     def should_stop(self) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.checkpoint_store import CheckpointStore
 from app.config import get_settings
 from app.datasets import parse
 from app.db.models import Dataset, Job, Task
@@ -41,12 +42,18 @@ def _labelled(ds: Dataset):
     )
 
 
-def _failed(reporter: JobReporter, exc: BaseException) -> None:
-    """Record a crash on the job (if the database lets us), then let Celery log it."""
+_NO_CHECKPOINT = {"checkpoint": None, "checkpoint_ref": None}  # an ended job resumes nothing
+
+
+def _failed(reporter: JobReporter, exc: BaseException, values: dict | None = None) -> bool:
+    """Record a crash on the job if the database lets us (then Celery logs it); False if not:
+    the lease then runs out and the job is requeued, so its checkpoint must stay."""
     try:
-        reporter.finish("failed", "internal_error", f"{type(exc).__name__}: {exc}")
-    except Exception as again:  # database down for good: the lease runs out, the job requeues
+        reporter.finish("failed", "internal_error", f"{type(exc).__name__}: {exc}", values=values)
+    except Exception as again:
         log.warning("job %s: could not record the failure: %s", reporter.job_id, again)
+        return False
+    return True
 
 
 def run_job(job_id: str, device: str = "cpu") -> str:
@@ -77,11 +84,17 @@ def _run_training(
     config = TrainConfig(method=job.method, checkpoint_every=checkpoint_every, **hp)
     train_ds = session.get(Dataset, job.train_dataset_id)
     eval_ds = session.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
+    store = CheckpointStore(get_settings().checkpoint_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "job.ckpt"
-        if job.checkpoint is not None:
-            ckpt.write_bytes(job.checkpoint)
-        reporter = JobReporter(lease, ckpt)
+        if job.method == "full":  # hundreds of MB: a file in the shared store, not the row
+            ref = store.name(job.id, lease.attempt)
+            ckpt = store.start(job.id, lease.attempt, job.checkpoint_ref)
+            reporter = JobReporter(lease, ckpt, checkpoint_ref=ref)
+        else:
+            ckpt = Path(tmp) / "job.ckpt"
+            if job.checkpoint is not None:
+                ckpt.write_bytes(job.checkpoint)
+            reporter = JobReporter(lease, ckpt)
         try:
             request = TrainRequest(
                 job.model,
@@ -97,20 +110,24 @@ def _run_training(
             session.commit()  # end the read transaction: training holds no connection
             outcome = train_task(request, reporter, str(ckpt), device)
         except TrainingCancelled:
-            reporter.finish("cancelled")
+            reporter.finish("cancelled", values=_NO_CHECKPOINT)
+            store.remove(job.id)
             return "cancelled"
         except EngineError as exc:  # bad input or config: retrying cannot help
-            reporter.finish("failed", exc.code, str(exc))
+            reporter.finish("failed", exc.code, str(exc), values=_NO_CHECKPOINT)
+            store.remove(job.id)
             return "failed"
         except LeaseLost:
             raise
         except Exception as exc:
-            _failed(reporter, exc)
+            if _failed(reporter, exc, _NO_CHECKPOINT):
+                store.remove(job.id)
             raise
     metrics = {f"eval_{k}": v for k, v in outcome.metrics.items()}
     artifact = outcome.artifact.with_metrics(metrics) if outcome.artifact is not None else None
-    reporter.finish("succeeded", values={"metrics": metrics, "checkpoint": None},
+    reporter.finish("succeeded", values={"metrics": metrics, **_NO_CHECKPOINT},
                     also=_task_storer(job, artifact))  # fmt: skip
+    store.remove(job.id)
     return "succeeded"
 
 

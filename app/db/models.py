@@ -106,7 +106,9 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the worker
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)
+    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)  # subspace methods only
+    # full fine-tuning: the checkpoint's file name in settings.checkpoint_dir (too big for a row)
+    checkpoint_ref: Mapped[str | None] = mapped_column(String(255))
     task_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
