@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.engine.data import ColumnSpec, LabelledText, label_names_from, read_table
+from app.engine.errors import DataFormatError
 from app.errors import InvalidInputError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -24,7 +25,18 @@ class UploadSummary:
     sha256: str
 
 
+MAX_NAME = 255  # file and column names are stored in 255-character columns
+
+
+def _printable(name: str) -> bool:
+    return name.isprintable() and len(name) <= MAX_NAME
+
+
 def _suffix(filename: str) -> str:
+    if not _printable(filename or ""):
+        raise InvalidInputError(
+            f"file name must be at most {MAX_NAME} printable characters, got {filename[:80]!r}"
+        )
     suffix = Path(filename or "").suffix.lower()
     if suffix not in SUFFIXES:
         raise InvalidInputError(
@@ -35,10 +47,16 @@ def _suffix(filename: str) -> str:
 
 
 def parse(content: bytes, filename: str, columns: ColumnSpec | None = None) -> LabelledText:
+    """Read an upload with the engine's reader, via a temporary file whose name the engine's
+    messages would show: they name the uploaded file instead."""
     with tempfile.NamedTemporaryFile(suffix=_suffix(filename)) as f:
         f.write(content)
         f.flush()
-        return read_table(f.name, columns or ColumnSpec(), require_labels=True)
+        try:
+            return read_table(f.name, columns or ColumnSpec(), require_labels=True)
+        except DataFormatError as exc:
+            shown = Path(filename).name or filename
+            raise DataFormatError(str(exc).replace(Path(f.name).name, shown)) from None
 
 
 def inspect_upload(
@@ -46,6 +64,11 @@ def inspect_upload(
 ) -> UploadSummary:
     """Validate an upload as labelled training data; raises a 4xx-mapped error otherwise."""
     data = parse(content, filename, columns)
+    for name in (data.columns.text, data.columns.text_pair, data.columns.label):
+        if name is not None and not _printable(name):
+            raise InvalidInputError(
+                f"column name {name[:80]!r} must be at most {MAX_NAME} printable characters"
+            )
     if len(data.texts) > max_rows:
         raise InvalidInputError(f"{len(data.texts)} rows is over the limit of {max_rows}")
     label_names_from(data.labels or [])  # at least two classes

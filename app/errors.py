@@ -1,6 +1,8 @@
 """Service-level errors. Repository functions and dependencies raise these; app/api/errors.py
 is the only place that turns them (and engine errors) into HTTP statuses."""
 
+import math
+
 
 class KilotaskError(Exception):
     code = "error"
@@ -42,3 +44,13 @@ class InvalidInputError(KilotaskError):
 
 class ServiceBusyError(KilotaskError):
     code = "service_busy"
+
+
+class RateLimitedError(KilotaskError):
+    """A per-tenant limit is reached; `retry_after` (seconds) goes out as Retry-After."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after = max(1, math.ceil(retry_after))

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, utcnow
@@ -36,16 +37,27 @@ def find_idempotent(session: Session, tenant_id: str, key: str | None, digest: s
     return job
 
 
-def create_job(session: Session, tenant_id: str, fields: dict, key: str | None, digest: str) -> Job:
+def create_job(
+    session: Session, tenant_id: str, fields: dict, key: str | None, digest: str
+) -> tuple[Job, bool]:
+    """(the new job, True), or (the job another request just created with this key and body,
+    False) when that request won the race between find_idempotent and this insert."""
     get_dataset(session, tenant_id, fields["train_dataset_id"])
-    if fields.get("eval_dataset_id"):
+    if fields.get("eval_dataset_id") is not None:
         get_dataset(session, tenant_id, fields["eval_dataset_id"])
     job = Job(tenant_id=tenant_id, idempotency_key=key, request_hash=digest, **fields)
     session.add(job)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        existing = find_idempotent(session, tenant_id, key, digest)  # 422 if another body
+        if existing is None:
+            raise
+        return existing, False
     add_event(session, job.id, "status", status="queued")
     session.commit()
-    return job
+    return job, True
 
 
 def enqueue_or_fail(session: Session, settings, job: Job) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
 from app.auth import tenant_for_key
 from app.config import Settings, get_settings
 from app.db.session import session_factory
+from app.schemas.common import ID_PATTERN
 
 
 def get_db(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
@@ -22,8 +26,53 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def get_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> str:
-    return tenant_for_key(session, authorization)
+# Declares the `bearerAuth` scheme in OpenAPI; the header itself is read by tenant_for_key,
+# which accepts the scheme in any case (RFC 9110) and answers 401 in the error envelope.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="an API key: `Authorization: Bearer kt_…` (kilotask keys create --tenant NAME)",
+)
+
+
+def get_tenant(
+    session: SessionDep,
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> str:
+    return tenant_for_key(session, request.headers.get("authorization"))
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+ResourceId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=ID_PATTERN,
+        description="an id as returned by the API (letters, digits, '_', '.', '-')",
+    ),
+]
+
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"  # visible ASCII, no spaces
+
+
+def _visible_key(key: str | None) -> str | None:
+    if key is not None and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise ValueError(
+            "Idempotency-Key must be 1-255 visible ASCII characters (no spaces or control "
+            "characters), e.g. a UUID; omit the header to submit without one"
+        )
+    return key
+
+
+# Typed `str` (the route defaults it to None) so OpenAPI documents a plain string header.
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        description="the same key and body give back the same job; another body is 422",
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN, "minLength": 1, "maxLength": 255},
+    ),
+    AfterValidator(_visible_key),
+]

@@ -4,11 +4,13 @@ here and only here, by walking the error's class hierarchy."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as svc
@@ -25,6 +27,7 @@ STATUS = {
     svc.PayloadTooLargeError: 413,
     svc.InvalidInputError: 422,
     svc.ServiceBusyError: 503,
+    svc.RateLimitedError: 429,
     eng.ArtifactFormatError: 400,
     eng.DataFormatError: 422,
     eng.BaseModelMismatchError: 422,
@@ -32,6 +35,16 @@ STATUS = {
     eng.SubspaceConfigError: 422,
     eng.ModelNotFoundError: 422,
 }
+
+
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+DB_RETRY_AFTER_S = 5
 
 
 def envelope(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -45,6 +58,29 @@ def status_for(exc: Exception) -> int:
     return 500
 
 
+def is_database_down(exc: sa.SQLAlchemyError) -> bool:
+    """Connection-level failures (server down, connection lost, pool exhausted, SQLite locked):
+    worth retrying, so 503. Anything else from the database is a bug, so 500."""
+    if isinstance(exc, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
+        return True
+    return isinstance(exc, sa.DBAPIError) and exc.connection_invalidated
+
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def allowed_methods(request: Request, routed: str) -> str:
+    """The Allow header of a 405: every method documented for this path, plus those the router
+    named (it names only the first route's, and /v1/tasks has GET and POST in two routes)."""
+    methods = {m.strip().upper() for m in routed.split(",") if m.strip()}
+    path = request.scope.get("path", "")
+    for template, item in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in item if m in HTTP_METHODS}
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(svc.KilotaskError)
     @app.exception_handler(eng.EngineError)
@@ -52,7 +88,9 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
-            headers = {"Retry-After": "5"}
+            headers = {"Retry-After": str(DB_RETRY_AFTER_S)}
+        if isinstance(exc, svc.RateLimitedError):
+            headers = {"Retry-After": str(exc.retry_after)}
         return envelope(status, exc.code, getattr(exc, "message", str(exc)), headers)
 
     @app.exception_handler(RequestValidationError)
@@ -64,9 +102,32 @@ def install(app: FastAPI) -> None:
         return envelope(422, "validation_error", "; ".join(parts))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return envelope(exc.status_code, code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = (
+                "the request body does not parse as its Content-Type; send JSON "
+                "(application/json) or a form (multipart/form-data) as the API documents"
+            )
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
+            message = f"{request.method} is not allowed here; use {headers['Allow']}"
+        return envelope(exc.status_code, code, message, headers or None)
+
+    @app.exception_handler(sa.SQLAlchemyError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, sa.SQLAlchemyError) and is_database_down(exc):
+            reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
+            log.warning("database unavailable: %s %s: %s", request.method, request.url.path, reason)
+            return envelope(
+                503,
+                "database_unavailable",
+                "the database is unreachable; try again shortly",
+                {"Retry-After": str(DB_RETRY_AFTER_S)},
+            )
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

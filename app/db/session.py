@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
 
+CONNECT_TIMEOUT_S = 5
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -24,7 +26,9 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A server that does not answer fails the request in seconds (503), instead of hanging it.
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 @lru_cache

@@ -1,12 +1,16 @@
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import ResourceRef
+
+MAX_TEXT = 20_000
+
 
 class InferInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str
-    text: str = Field(min_length=1, max_length=20_000)
-    text_pair: str | None = Field(None, max_length=20_000)
+    task: ResourceRef
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    text_pair: str | None = Field(None, max_length=MAX_TEXT)
 
 
 class InferRequest(BaseModel):

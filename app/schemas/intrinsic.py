@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.jobs import MAX_SEED, JobPublic
+from app.schemas.common import ResourceRef
+from app.schemas.jobs import MAX_STORED_SEED, SEED_DOC, JobPublic
 
 
 class D90Create(BaseModel):
@@ -12,16 +13,18 @@ class D90Create(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="base model id; default: the server's")
-    train_dataset: str
-    eval_dataset: str
+    model: str | None = Field(
+        None, min_length=1, max_length=255, description="base model id; default: the server's"
+    )
+    train_dataset: ResourceRef
+    eval_dataset: ResourceRef
     method: Literal["said", "did", "lowrank"] = "said"
     rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 4)")
     targets: list[str] | None = Field(None, min_length=1, max_length=32)
     scales: bool | None = None
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    min_d: int = Field(10, ge=1)
-    max_d: int = Field(100_000, ge=2)
+    seed: int = Field(0, ge=0, le=MAX_STORED_SEED, description=SEED_DOC)
+    min_d: int = Field(10, ge=1, le=2**31 - 1)
+    max_d: int = Field(100_000, ge=2, le=2**31 - 1)
     sweep_points: int = Field(5, ge=2, le=50)
     tolerance: float = Field(0.25, gt=0, le=10)
     threshold: float = Field(0.9, gt=0, le=1)
@@ -38,7 +41,7 @@ class D90Create(BaseModel):
         description="how many workers may share the search's runs: the learning rates of one "
         "d (and of full fine-tuning) run at once on up to this many workers",
     )
-    reuse_from: str | None = Field(
+    reuse_from: ResourceRef | None = Field(
         None,
         description="id of a d90 search with the same datasets, model, seed, budget, batch "
         "size, max length, metric and full_lr_grid whose finished runs to take instead of "

@@ -4,9 +4,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import UtcDatetime
+from app.schemas.common import ResourceRef, UtcDatetime
 
 MAX_SEED = 2**32 - 1
+# Job and task rows store the seed in a 32-bit signed column (PostgreSQL INTEGER): the API takes
+# seeds up to that until the column is widened; the engine itself takes up to MAX_SEED.
+MAX_STORED_SEED = 2**31 - 1
+SEED_DOC = f"seed of the projection and the head, 0 to {MAX_STORED_SEED}"
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Hyperparameters(BaseModel):
@@ -19,7 +24,7 @@ class Hyperparameters(BaseModel):
     learning_rate: float | None = Field(None, gt=0, le=10)
     batch_size: int = Field(32, ge=1, le=4096)
     max_length: int = Field(128, ge=8, le=4096)
-    eval_every: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(None, ge=1, le=10_000_000)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
     data_seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -35,12 +40,16 @@ class Hyperparameters(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="base model id; default: the server's")
-    train_dataset: str
-    eval_dataset: str | None = None
+    model: str | None = Field(
+        None, min_length=1, max_length=255, description="base model id; default: the server's"
+    )
+    train_dataset: ResourceRef
+    eval_dataset: ResourceRef | None = None
     method: Literal["said", "did", "lowrank", "full"]
-    dim: int = Field(1000, ge=1, description="subspace dimension d (SAID counts its λs)")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    dim: int = Field(
+        1000, ge=1, le=2**31 - 1, description="subspace dimension d (SAID counts its λs)"
+    )
+    seed: int = Field(0, ge=0, le=MAX_STORED_SEED, description=SEED_DOC)
     rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 4)")
     targets: list[str] | None = Field(
         None,
@@ -70,7 +79,7 @@ class JobError(BaseModel):
 class JobPublic(BaseModel):
     id: str
     kind: Literal["train", "d90"] = "train"
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     model: str
     method: str
     dim: int

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.openapi import AUTHED, error_responses
 from app.datasets import inspect_upload
 from app.db.models import Dataset
 from app.db.repo import get_dataset
@@ -30,15 +31,20 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("", status_code=201, response_model=DatasetPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    responses=error_responses(*AUTHED, 400, 413, 422),
+)
 async def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
     file: Annotated[UploadFile, File(description="CSV, TSV or JSONL with a header row")],
-    text_column: Annotated[str | None, Form()] = None,
-    text_pair_column: Annotated[str | None, Form()] = None,
-    label_column: Annotated[str | None, Form()] = None,
+    text_column: Annotated[str | None, Form(max_length=255)] = None,
+    text_pair_column: Annotated[str | None, Form(max_length=255)] = None,
+    label_column: Annotated[str | None, Form(max_length=255)] = None,
 ) -> Dataset:
     content = await _read_limited(file, int(settings.max_upload_mb * 2**20))
     columns = ColumnSpec(text_column, text_pair_column, label_column)
@@ -60,6 +66,8 @@ async def upload_dataset(
     return row
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
-def read_dataset(session: SessionDep, tenant_id: TenantDep, dataset_id: str) -> Dataset:
+@router.get(
+    "/{dataset_id}", response_model=DatasetPublic, responses=error_responses(*AUTHED, 404, 422)
+)
+def read_dataset(session: SessionDep, tenant_id: TenantDep, dataset_id: ResourceId) -> Dataset:
     return get_dataset(session, tenant_id, dataset_id)

@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.limits import InferenceLimit
+from app.api.openapi import AUTHED, error_responses
 from app.db.models import Task
 from app.db.repo import get_owned
 from app.errors import InvalidInputError
-from app.schemas.infer import InferInput, InferOutput, InferRequest, InferResponse
+from app.schemas.infer import MAX_TEXT, InferInput, InferOutput, InferRequest, InferResponse
 from app.task_records import artifact_from_row
 
 router = APIRouter(tags=["inference"])
@@ -70,39 +72,53 @@ async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]
     return InferResponse(outputs=outputs)
 
 
-@router.post("/v1/infer", response_model=InferResponse)
+@router.post(
+    "/v1/infer",
+    response_model=InferResponse,
+    responses=error_responses(*AUTHED, 400, 404, 422, 429),
+)
 async def infer(
     request: Request,
     body: InferRequest,
     session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
+    _: InferenceLimit,
 ) -> InferResponse:
     return await _infer(request, session, settings, tenant_id, body.inputs)
 
 
-@router.get("/v1/tasks/{task_id}/predict", response_model=InferOutput)
+@router.get(
+    "/v1/tasks/{task_id}/predict",
+    response_model=InferOutput,
+    responses=error_responses(*AUTHED, 404, 422, 429),
+)
 async def predict_one(
     request: Request,
-    task_id: str,
+    task_id: ResourceId,
     session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
-    text: Annotated[str, Query(min_length=1)],
-    text_pair: str | None = None,
+    _: InferenceLimit,
+    text: Annotated[str, Query(min_length=1, max_length=MAX_TEXT)],
+    text_pair: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
 ) -> InferOutput:
     item = InferInput(task=task_id, text=text, text_pair=text_pair)
     return (await _infer(request, session, settings, tenant_id, [item])).outputs[0]
 
 
-@router.get("/v1/serving")
+@router.get("/v1/serving", responses=error_responses(*AUTHED))
 def serving_state(request: Request, settings: SettingsDep, _: TenantDep) -> dict:
     return runtime(request, settings).describe()
 
 
-@router.post("/v1/tasks/{task_id}/pin")
+@router.post("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 422))
 async def pin_task(
-    request: Request, task_id: str, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+    request: Request,
+    task_id: ResourceId,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
 ) -> dict:
     """Preload a task's weights now and keep them resident (never evicted)."""
     from starlette.concurrency import run_in_threadpool
@@ -113,9 +129,13 @@ async def pin_task(
     return {"task": task_id, "digest": art.digest, "pinned": True}
 
 
-@router.delete("/v1/tasks/{task_id}/pin")
+@router.delete("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 422))
 def unpin_task(
-    request: Request, task_id: str, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+    request: Request,
+    task_id: ResourceId,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
 ) -> dict:
     art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
     resident = runtime(request, settings).unpin(art)

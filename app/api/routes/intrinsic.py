@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.limits import check_active_jobs
+from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import method_dim_range
 from app.db.models import Job
 from app.db.repo import get_owned
@@ -32,18 +33,24 @@ async def _check_range(body: D90Create, model: str) -> None:
         )
 
 
-@router.post("", status_code=202, response_model=D90Public)
+@router.post(
+    "",
+    status_code=202,
+    response_model=D90Public,
+    responses=error_responses(*AUTHED, 400, 404, 409, 422, 429),
+)
 async def submit_search(
     body: D90Create,
     session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     digest = request_hash({"kind": "d90"} | body.model_dump(mode="json"))
     existing = find_idempotent(session, tenant_id, idempotency_key, digest)
     if existing is not None:
         return JSONResponse(D90Public.of(existing).model_dump(mode="json"), 202)
+    check_active_jobs(session, settings, tenant_id)
     model = body.model or settings.default_model
     await _check_range(body, model)
     if body.reuse_from is not None:
@@ -62,8 +69,9 @@ async def submit_search(
         hyperparameters=search,
         options=body.options() or None,
     )
-    job = create_job(session, tenant_id, fields, idempotency_key, digest)
-    enqueue_or_fail(session, settings, job)
+    job, created = create_job(session, tenant_id, fields, idempotency_key, digest)
+    if created:
+        enqueue_or_fail(session, settings, job)
     return JSONResponse(D90Public.of(job).model_dump(mode="json"), 202)
 
 
@@ -111,14 +119,19 @@ def _search(session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-@router.get("/{job_id}", response_model=D90Public)
-def read_search(session: SessionDep, tenant_id: TenantDep, job_id: str) -> D90Public:
+@router.get("/{job_id}", response_model=D90Public, responses=error_responses(*AUTHED, 404, 422))
+def read_search(session: SessionDep, tenant_id: TenantDep, job_id: ResourceId) -> D90Public:
     """The search and its curve so far as JSON (events: /v1/jobs/{id}/events)."""
     return D90Public.of(_search(session, tenant_id, job_id))
 
 
-@router.get("/{job_id}/curve.png", response_class=Response)
-def curve_png(session: SessionDep, tenant_id: TenantDep, job_id: str) -> Response:
+@router.get(
+    "/{job_id}/curve.png",
+    response_class=Response,
+    responses=binary_response("image/png", "the curve as a PNG image")
+    | error_responses(*AUTHED, 404, 422),
+)
+def curve_png(session: SessionDep, tenant_id: TenantDep, job_id: ResourceId) -> Response:
     """Metric against d with the 90 % line, like the paper's Figure 1 (partial while running)."""
     from app.d90 import curve_bytes
 

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.limits import check_active_jobs
+from app.api.openapi import AUTHED, error_responses
 from app.api.routes.models import method_dim_range, model_info
 from app.db.models import Job, JobEvent
 from app.db.repo import get_owned
 from app.errors import InvalidInputError
 from app.jobs import cancel_job, create_job, enqueue_or_fail, find_idempotent, page, request_hash
-from app.schemas.jobs import JobCreate, JobEventPublic, JobEventsPage, JobPublic, JobsPage
+from app.schemas.jobs import (
+    JobCreate,
+    JobEventPublic,
+    JobEventsPage,
+    JobPublic,
+    JobsPage,
+    JobStatus,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_OFFSET = 10**9
+MAX_EVENT_ID = 2**31 - 1  # job_event.id is a 32-bit INTEGER column
 
 
 async def _check_dim(body: JobCreate, model: str) -> int:
@@ -40,18 +51,24 @@ async def _check_dim(body: JobCreate, model: str) -> int:
     return body.dim
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses=error_responses(*AUTHED, 400, 404, 422, 429),
+)
 async def submit_job(
     body: JobCreate,
     session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     digest = request_hash(body.model_dump(mode="json"))
     existing = find_idempotent(session, tenant_id, idempotency_key, digest)
     if existing is not None:
         return JSONResponse(JobPublic.of(existing).model_dump(mode="json"), 202)
+    check_active_jobs(session, settings, tenant_id)
     model = body.model or settings.default_model
     dim = await _check_dim(body, model)
     fields = dict(
@@ -64,18 +81,19 @@ async def submit_job(
         hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
         options=body.options() or None,
     )
-    job = create_job(session, tenant_id, fields, idempotency_key, digest)
-    enqueue_or_fail(session, settings, job)
+    job, created = create_job(session, tenant_id, fields, idempotency_key, digest)
+    if created:
+        enqueue_or_fail(session, settings, job)
     return JSONResponse(JobPublic.of(job).model_dump(mode="json"), 202)
 
 
-@router.get("", response_model=JobsPage)
+@router.get("", response_model=JobsPage, responses=error_responses(*AUTHED, 422))
 def list_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    status: str | None = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    status: JobStatus | None = None,
 ) -> JobsPage:
     stmt = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc())
     if status:
@@ -84,17 +102,21 @@ def list_jobs(
     return JobsPage(data=[JobPublic.of(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def read_job(session: SessionDep, tenant_id: TenantDep, job_id: str) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(*AUTHED, 404, 422))
+def read_job(session: SessionDep, tenant_id: TenantDep, job_id: ResourceId) -> JobPublic:
     return JobPublic.of(get_owned(session, Job, tenant_id, job_id, "job"))
 
 
-@router.get("/{job_id}/events", response_model=JobEventsPage)
+@router.get(
+    "/{job_id}/events", response_model=JobEventsPage, responses=error_responses(*AUTHED, 404, 422)
+)
 def job_events(
     session: SessionDep,
     tenant_id: TenantDep,
-    job_id: str,
-    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+    job_id: ResourceId,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="only events with a larger id")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> JobEventsPage:
     get_owned(session, Job, tenant_id, job_id, "job")
@@ -107,6 +129,8 @@ def job_events(
     return JobEventsPage(data=[JobEventPublic.model_validate(r) for r in rows])
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(session: SessionDep, tenant_id: TenantDep, job_id: str) -> JobPublic:
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, responses=error_responses(*AUTHED, 404, 409, 422)
+)
+def cancel(session: SessionDep, tenant_id: TenantDep, job_id: ResourceId) -> JobPublic:
     return JobPublic.of(cancel_job(session, tenant_id, job_id))

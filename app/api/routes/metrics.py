@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from sqlalchemy import func, select
 
+from app.api.openapi import error_responses
 from app.config import Settings
 from app.db.models import Job
 from app.db.session import session_factory
@@ -109,6 +110,18 @@ def install(app, settings: Settings) -> None:
 
     app.add_middleware(_TimedRequests, latency=latency)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        }
+        | error_responses(503),
+    )
     def metrics() -> Response:
+        """Prometheus metrics; needs no key (503 while the database is unreachable)."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

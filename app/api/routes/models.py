@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SettingsDep, TenantDep
+from app.api.openapi import AUTHED, error_responses
 from app.errors import InvalidInputError
 from app.schemas.models import ModelPublic, ModelsPublic
 
@@ -53,7 +54,7 @@ def model_info(model_id: str) -> ModelPublic:
     )
 
 
-@router.get("", response_model=ModelsPublic)
+@router.get("", response_model=ModelsPublic, responses=error_responses(*AUTHED, 422))
 async def list_models(settings: SettingsDep, _: TenantDep) -> ModelsPublic:
     from app.engine.base import REGISTRY
 

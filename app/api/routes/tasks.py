@@ -6,30 +6,32 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from sqlalchemy import Integer, String, select
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, TenantDep
+from app.api.deps import ResourceId, SessionDep, TenantDep
+from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import model_info
 from app.db.models import Task
 from app.db.repo import get_owned
 from app.engine.artifact import TaskArtifact
 from app.engine.errors import BaseModelMismatchError
-from app.errors import PayloadTooLargeError
+from app.errors import InvalidInputError, PayloadTooLargeError
 from app.jobs import page
 from app.schemas.tasks import TaskPublic, TasksPage
 from app.task_records import artifact_from_row, row_from_artifact
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 MAX_TASK_FILE = 64 * 2**20  # a generous cap: d = 4 M in float32 is 16 MB
+MAX_OFFSET = 10**9
 
 
-@router.get("", response_model=TasksPage)
+@router.get("", response_model=TasksPage, responses=error_responses(*AUTHED, 422))
 def list_tasks(
     session: SessionDep,
     tenant_id: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TasksPage:
     stmt = select(Task).where(Task.tenant_id == tenant_id).order_by(Task.created_at.desc())
     rows, total = page(session, stmt, limit, offset)
@@ -38,14 +40,20 @@ def list_tasks(
     )
 
 
-@router.get("/{task_id}", response_model=TaskPublic)
-def read_task(session: SessionDep, tenant_id: TenantDep, task_id: str) -> Task:
+@router.get("/{task_id}", response_model=TaskPublic, responses=error_responses(*AUTHED, 404, 422))
+def read_task(session: SessionDep, tenant_id: TenantDep, task_id: ResourceId) -> Task:
     return get_owned(session, Task, tenant_id, task_id, "task")
 
 
-@router.get("/{task_id}/vector", response_class=Response)
+@router.get(
+    "/{task_id}/vector",
+    response_class=Response,
+    responses=binary_response("application/octet-stream", "the task file (safetensors)")
+    | {304: {"description": "Not modified: If-None-Match named the current ETag"}}
+    | error_responses(*AUTHED, 404, 422),
+)
 def download_task(
-    request: Request, session: SessionDep, tenant_id: TenantDep, task_id: str
+    request: Request, session: SessionDep, tenant_id: TenantDep, task_id: ResourceId
 ) -> Response:
     """The task file (safetensors). ETag is the content digest, so caches never go stale."""
     row = get_owned(session, Task, tenant_id, task_id, "task")
@@ -80,11 +88,16 @@ def _export_zip(artifact: TaskArtifact, fmt: str) -> bytes:
         return buffer.getvalue()
 
 
-@router.get("/{task_id}/export", response_class=Response)
+@router.get(
+    "/{task_id}/export",
+    response_class=Response,
+    responses=binary_response("application/zip", "the exported folder as a zip archive")
+    | error_responses(*AUTHED, 404, 422),
+)
 async def export_task_zip(
     session: SessionDep,
     tenant_id: TenantDep,
-    task_id: str,
+    task_id: ResourceId,
     format: Annotated[Literal["peft", "hf"], Query(description="peft: LoRA adapter; hf: merged")],
 ) -> Response:
     """The task as a zip: a PEFT LoRA adapter (lowrank tasks) or a merged HF model (any)."""
@@ -97,7 +110,34 @@ async def export_task_zip(
     )
 
 
-@router.post("", status_code=201, response_model=TaskPublic)
+def _check_storable(row: Task) -> None:
+    """A well-formed file can still hold values its table cannot (a seed over 2^31 - 1, a
+    300-character column name): refuse them here rather than fail the insert."""
+    for column in Task.__table__.columns:
+        value = getattr(row, column.key, None)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(column.type, Integer) and not -(2**31) <= value < 2**31:
+            raise InvalidInputError(
+                f"task file field {column.key} = {value} is out of range for this server "
+                f"(at most {2**31 - 1})"
+            )
+        if isinstance(column.type, String) and isinstance(value, str):
+            length = column.type.length
+            if (length and len(value) > length) or "\x00" in value:
+                raise InvalidInputError(
+                    f"task file field {column.key} must be at most {length} characters "
+                    "without NUL bytes"
+                )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=TaskPublic,
+    responses={200: {"model": TaskPublic, "description": "This tenant already has the task"}}
+    | error_responses(*AUTHED, 400, 413, 422),
+)
 async def import_task(
     session: SessionDep,
     tenant_id: TenantDep,
@@ -119,13 +159,19 @@ async def import_task(
     if existing is not None:
         return JSONResponse(TaskPublic.model_validate(existing).model_dump(mode="json"), 200)
     row = row_from_artifact(artifact, tenant_id, None)
+    _check_storable(row)
     session.add(row)
     session.commit()
     return JSONResponse(TaskPublic.model_validate(row).model_dump(mode="json"), 201)
 
 
-@router.delete("/{task_id}", status_code=204, response_class=Response)
-def delete_task(session: SessionDep, tenant_id: TenantDep, task_id: str) -> Response:
+@router.delete(
+    "/{task_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(*AUTHED, 404, 422),
+)
+def delete_task(session: SessionDep, tenant_id: TenantDep, task_id: ResourceId) -> Response:
     session.delete(get_owned(session, Task, tenant_id, task_id, "task"))
     session.commit()
     return Response(status_code=204)
