@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from app.engine import spec
-from app.engine.errors import ModelNotFoundError
+from app.engine.errors import ModelNotFoundError, SubspaceConfigError
 
 
 def _minilm_path() -> str:
@@ -163,3 +163,65 @@ def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return BaseModel(model_id, path, model, tokenizer, seeded, _cached_digest(path, model, seeded))
+
+
+# Model types whose position ids start at padding_idx + 1 (RoBERTa's scheme), so that only
+# max_position_embeddings - (pad_token_id + 1) positions are usable. Used when only a config is
+# at hand; with a model, the position embedding's padding_idx says it (see position_limit).
+PADDING_OFFSET_TYPES = frozenset(
+    {
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "data2vec-text",
+        "longformer",
+        "ibert",
+        "mpnet",
+        "xmod",
+        "esm",
+    }
+)
+NO_POSITION_LIMIT = 10**9  # what position_limit says when nothing is known (HF's is 1e30)
+
+
+def position_limit(model_or_config, tokenizer=None) -> int:
+    """The most tokens (special ones included) one input may have on this model:
+    min(tokenizer.model_max_length, max_position_embeddings - offset), where offset is 0 for
+    BERT-style models and padding_idx + 1 (2 for RoBERTa) for models that number positions from
+    after the padding index. `model_or_config`: a model, its config, or a BaseModel (whose
+    tokenizer is used when `tokenizer` is None). NO_POSITION_LIMIT when neither says."""
+    if isinstance(model_or_config, BaseModel):
+        tokenizer = tokenizer if tokenizer is not None else model_or_config.tokenizer
+        model_or_config = model_or_config.model
+    config = getattr(model_or_config, "config", model_or_config)
+    limits = []
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(max_positions, int) and max_positions > 0:
+        offset = 0
+        if isinstance(model_or_config, torch.nn.Module):
+            for name, module in model_or_config.named_modules():
+                if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+                    offset = 0 if module.padding_idx is None else module.padding_idx + 1
+                    break
+        elif getattr(config, "model_type", None) in PADDING_OFFSET_TYPES:
+            pad = getattr(config, "pad_token_id", None)
+            offset = 0 if pad is None else pad + 1
+        limits.append(max_positions - offset)
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < NO_POSITION_LIMIT:
+        limits.append(tokenizer_limit)
+    return min(limits, default=NO_POSITION_LIMIT)
+
+
+def check_max_length(base: BaseModel, max_length: int) -> None:
+    """Refuse a max_length the model cannot take, before any training: past its position
+    embeddings every batch with a long row would fail mid-run."""
+    limit = position_limit(base)
+    if max_length > limit:
+        raise SubspaceConfigError(
+            f"max_length {max_length} is more than '{base.model_id}' takes: at most {limit} "
+            "tokens per input (its position embeddings and tokenizer); use a max_length of "
+            f"{limit} or less"
+        )

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from app.engine.artifact import TaskArtifact
-from app.engine.base import load_base
+from app.engine.base import check_max_length, load_base, position_limit
 from app.engine.data import (
     ColumnSpec,
     LabelledText,
@@ -91,6 +91,7 @@ def train_task(
         raise SubspaceConfigError("storage dtype must be float32 or float16")
     labels = label_names_from(req.train_data.labels or [])
     base = load_base(req.model, num_labels=len(labels), seed=req.seed)
+    check_max_length(base, req.max_length)
     pad_id = base.tokenizer.pad_token_id or 0
     train_set = _dataset(req.train_data, base.tokenizer, req.max_length, labels)
     eval_set = (
@@ -167,7 +168,9 @@ def predict_task(
 ) -> Prediction:
     """Rebuild `task` on its base (or `model`) and classify `data` in order."""
     net, tokenizer = load_task_model(task, model, device)
-    ds = TokenizedDataset(data, tokenizer, task.max_length, None)
+    # a file from elsewhere may ask for more positions than this base has: truncate to them
+    max_length = min(task.max_length, position_limit(net, tokenizer))
+    ds = TokenizedDataset(data, tokenizer, max_length, None)
     logits = predict_logits(
         net,
         make_loader(ds, batch_size, False, 0, tokenizer.pad_token_id or 0),

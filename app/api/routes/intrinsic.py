@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_active_jobs
 from app.api.openapi import AUTHED, binary_response, error_responses
-from app.api.routes.models import method_dim_range
+from app.api.routes.models import check_max_length, method_dim_range
 from app.db.models import Job
 from app.db.repo import get_owned
 from app.errors import InvalidInputError, InvalidStateError, NotFoundError
@@ -53,6 +53,7 @@ async def submit_search(
     check_active_jobs(session, settings, tenant_id)
     model = body.model or settings.default_model
     await _check_range(body, model)
+    await run_in_threadpool(check_max_length, model, body.max_length)
     if body.reuse_from is not None:
         _check_reuse_source(_search(session, tenant_id, body.reuse_from), body, model)
     search = body.model_dump(

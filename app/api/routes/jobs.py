@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_active_jobs
 from app.api.openapi import AUTHED, error_responses
-from app.api.routes.models import method_dim_range, model_info
+from app.api.routes.models import check_max_length, method_dim_range, model_info
 from app.db.models import Job, JobEvent
 from app.db.repo import get_owned
 from app.errors import InvalidInputError
@@ -71,6 +71,7 @@ async def submit_job(
     check_active_jobs(session, settings, tenant_id)
     model = body.model or settings.default_model
     dim = await _check_dim(body, model)
+    await run_in_threadpool(check_max_length, model, body.hyperparameters.max_length)
     fields = dict(
         model=model,
         method=body.method,

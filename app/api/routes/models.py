@@ -46,12 +46,26 @@ def method_dim_range(model_id: str, method: str, seed: int, options: dict) -> tu
 def model_info(model_id: str) -> ModelPublic:
     """Loads the model once per process to count D and hash the weights (a few seconds)."""
     base = _base(model_id)
+    from app.engine.base import position_limit
+
     return ModelPublic(
         id=model_id,
         num_parameters=base.num_parameters,
         num_tensors=len(list(base.model.parameters())),
         base_digest=base.digest,
+        max_length=position_limit(base),
     )
+
+
+def check_max_length(model_id: str, max_length: int, what: str = "max_length") -> None:
+    """422 when `max_length` is more tokens than the model takes: it would fail mid-run."""
+    limit = model_info(model_id).max_length
+    if max_length > limit:
+        raise InvalidInputError(
+            f"{what} {max_length} is more than '{model_id}' takes: at most {limit} tokens per "
+            f"input (its position embeddings and tokenizer); use {limit} or less",
+            code="invalid_max_length",
+        )
 
 
 @router.get("", response_model=ModelsPublic, responses=error_responses(*AUTHED, 422))

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ResourceId, SessionDep, TenantDep
 from app.api.openapi import AUTHED, binary_response, error_responses
-from app.api.routes.models import model_info
+from app.api.routes.models import check_max_length, model_info
 from app.db.models import Task
 from app.db.repo import get_owned
 from app.engine.artifact import TaskArtifact
@@ -153,6 +153,7 @@ async def import_task(
             f"task was trained on weights with digest {artifact.base_digest[:12]}…, but this "
             f"server's '{artifact.model}' has {info.base_digest[:12]}…"
         )
+    check_max_length(artifact.model, artifact.max_length, "the task file's max_length")
     existing = session.scalar(
         select(Task).where(Task.tenant_id == tenant_id, Task.digest == artifact.digest)
     )
