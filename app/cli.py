@@ -42,9 +42,33 @@ def _add_lowrank(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_said_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--said-groups",
+        choices=["layer", "tensor"],
+        help="said: one scale λ per layer group (embeddings, each layer, the rest; the "
+        "default) or per parameter tensor; the scales count in d",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="fp32 (default), or bf16 autocast: faster on GPUs; the subspace delta is kept out "
+        "of the bf16 rounding of the weights, but bf16 activations still blur small deltas",
+    )
+
+
 def _method_options(args: argparse.Namespace) -> dict:
-    """--rank/--targets/--scales as method options (refused by methods that do not take them)."""
+    """--rank/--targets/--scales (lowrank) and --said-groups (said) as method options (refused
+    by methods that do not take them); said always names its grouping."""
+    from app.engine.errors import SubspaceConfigError
+    from app.engine.groups import DEFAULT_SAID_GROUPS
+
     opts = {"rank": args.rank, "targets": args.targets, "scales": args.scales}
+    if args.method == "said":
+        opts["said_groups"] = args.said_groups or DEFAULT_SAID_GROUPS
+    elif args.said_groups is not None:
+        raise SubspaceConfigError(f"--said-groups applies to --method said, not {args.method}")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items() if v is not None}
 
 
@@ -60,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=["said", "did", "lowrank", "full"], default="said")
     t.add_argument("--dim", type=int, default=1000, help="subspace dimension d (SAID counts λ)")
     _add_lowrank(t)
+    _add_said_precision(t)
     t.add_argument("--seed", type=int, default=0, help="projection and head seed")
     steps = t.add_mutually_exclusive_group()
     steps.add_argument("--epochs", type=int)
@@ -118,12 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_columns(d)
     d.add_argument("--method", choices=["said", "did", "lowrank"], default="said")
     _add_lowrank(d)
-    d.add_argument("--lr-grid", type=float, nargs="+", default=[0.05, 0.2, 0.5])
+    _add_said_precision(d)
+    d.add_argument(
+        "--lr-grid",
+        type=float,
+        nargs="+",
+        default=[0.02, 0.05, 0.1, 0.2],  # engine.intrinsic.LR_GRID: four per d, as in the paper
+        help="learning rates tried at every d (the best counts)",
+    )
     d.add_argument("--full-lr-grid", type=float, nargs="+", default=[2e-5, 5e-5])
     d.add_argument("--min-d", type=int, default=10)
     d.add_argument("--max-d", type=int, default=100_000)
     d.add_argument("--sweep-points", type=int, default=5, help="log-spaced d before bisection")
-    d.add_argument("--tolerance", type=float, default=0.25, help="stop when hi/lo <= 1 + this")
+    d.add_argument("--tolerance", type=float, default=0.1, help="stop when hi/lo <= 1 + this")
+    d.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="seeds for a d whose metric is within one standard error of the bar: N-1 more "
+        "runs at its best learning rate, and it passes on their mean",
+    )
     d.add_argument("--budget-steps", type=int, default=200, help="training steps per run")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-length", type=int, default=128)
@@ -262,6 +301,7 @@ def _train(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio,
         data_seed=args.data_seed,
         checkpoint_every=args.checkpoint_every if args.checkpoint else None,
+        precision=args.precision,
     )
     req = TrainRequest(
         args.model,
@@ -294,9 +334,9 @@ def _d90(args: argparse.Namespace) -> int:
     from app.d90 import D90Setup, run_d90
     from app.engine.intrinsic import D90Plan
 
-    if args.budget_steps < 1 or args.sweep_points < 1 or args.tolerance <= 0:
-        print("kilotask: error: --budget-steps, --sweep-points and --tolerance must be positive",
-              file=sys.stderr)  # fmt: skip
+    if args.budget_steps < 1 or args.sweep_points < 1 or args.tolerance <= 0 or args.seeds < 1:
+        print("kilotask: error: --budget-steps, --sweep-points, --tolerance and --seeds must be "
+              "positive", file=sys.stderr)  # fmt: skip
         return 2
     train_data, eval_data = _read_train_eval(args)
     setup = D90Setup(
@@ -307,6 +347,7 @@ def _d90(args: argparse.Namespace) -> int:
         args.metric,
         args.seed,
         tuple(sorted(_method_options(args).items())),
+        precision=args.precision,
     )
     plan = D90Plan(
         method=args.method,
@@ -316,6 +357,7 @@ def _d90(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         lr_grid=tuple(args.lr_grid),
         full_lr_grid=tuple(args.full_lr_grid),
+        seeds=args.seeds,
     )
 
     def log(kind: str, data: dict) -> None:
@@ -340,7 +382,12 @@ def _d90(args: argparse.Namespace) -> int:
             f"({result.floor:.4f}): no d90 to report; raise --budget-steps or --full-lr-grid",
             file=sys.stderr,
         )
-    print(json.dumps({"d90": result.d90, "bracket": result.bracket, "full": result.full_metric,
+    else:  # censoring, a non-monotone order, a decision within one standard error
+        for note in result.notes:
+            print(f"kilotask: warning: {note}", file=sys.stderr)
+    print(json.dumps({"d90": result.d90, "d90_text": result.d90_text,
+                      "censored": result.censored, "monotone": result.monotone,
+                      "bracket": result.bracket, "full": result.full_metric,
                       "bar": result.bar, "majority": result.floor,
                       "degenerate": result.degenerate, "out": args.out}))  # fmt: skip
     return 0
@@ -420,6 +467,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
     task = TaskArtifact.load(args.task)
     meta = task.describe()
+    if task.groups is not None:  # SAID: which tensors each of its `lambdas` scales
+        meta["said_groups"] = task.groups  # "tensor" for a file from before groupings
     meta.update(bytes=file_size(args.task))
     print(json.dumps(meta, indent=2))
     return 0

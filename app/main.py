@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.api import errors
+from app.api.deps import reject_unknown_query
 from app.api.routes import datasets, health, infer, intrinsic, jobs, metrics, models, tasks
 from app.config import Settings, get_settings
 
@@ -14,6 +15,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="kilotask",
         version="0.1.0",
         description="Sub-kilobyte fine-tuned tasks: train, store, exchange and serve them.",
+        dependencies=[Depends(reject_unknown_query)],
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings

@@ -45,6 +45,7 @@ def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> 
         size_bytes=len(art.to_bytes()),
         rank=art.rank,
         targets=art.targets,
+        said_groups=art.said_groups,
     )
 
 
@@ -67,4 +68,5 @@ def artifact_from_row(row: Task) -> TaskArtifact:
         spec=row.spec,
         rank=row.rank,
         targets=row.targets,
+        said_groups=row.said_groups,
     )

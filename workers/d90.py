@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import torch
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -25,6 +26,7 @@ from app.d90 import (
     SearchMismatchError,
     parse_run_key,
     run_d90,
+    scale_info,
     task_file_name,
     train_run,
 )
@@ -42,8 +44,9 @@ from workers.reporter import JobReporter
 POLL_S = 0.5
 
 
-def setup_and_plan(job: Job) -> tuple[D90Setup, D90Plan]:
-    hp = dict(job.hyperparameters)
+def setup_and_plan(job: Job, hp: dict | None = None) -> tuple[D90Setup, D90Plan]:
+    """The search's settings from its job (or from `hp`, its hyperparameters as updated)."""
+    hp = dict(job.hyperparameters if hp is None else hp)
     setup = D90Setup(
         job.model,
         hp["budget_steps"],
@@ -53,6 +56,8 @@ def setup_and_plan(job: Job) -> tuple[D90Setup, D90Plan]:
         job.seed,
         tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                      for k, v in (job.options or {}).items())),
+        hp.get("precision", "fp32"),
+        hp.get("device"),  # the search's device type, recorded when it starts: helpers match it
     )  # fmt: skip
     plan = D90Plan(
         method=job.method,
@@ -63,6 +68,7 @@ def setup_and_plan(job: Job) -> tuple[D90Setup, D90Plan]:
         threshold=hp["threshold"],
         lr_grid=tuple(hp["lr_grid"]),
         full_lr_grid=tuple(hp["full_lr_grid"]),
+        seeds=int(hp.get("seeds", 1)),  # searches stored before seeds existed have none
     )
     return setup, plan
 
@@ -72,7 +78,12 @@ def run_d90_job(
 ) -> tuple[TaskArtifact | None, dict]:
     """Run the search of `job`; returns the smallest passing task (None if none passed) and
     the job's final metrics. Progress goes through `reporter`'s fenced writes."""
-    setup, plan = setup_and_plan(job)
+    hp = dict(job.hyperparameters)
+    if "device" not in hp:  # recorded, so helpers on another device type refuse to join
+        hp["device"] = torch.device(device).type
+        reporter.record({"hyperparameters": hp})
+        reporter.flush(wait=True)
+    setup, plan = setup_and_plan(job, hp)
     train = labelled(session.get(Dataset, job.train_dataset_id))
     eval_ = labelled(session.get(Dataset, job.eval_dataset_id))
     board = RunBoard(session, job.id, get_settings().run_lease_s)
@@ -101,7 +112,8 @@ def run_d90_job(
         workers = int(job.hyperparameters.get("workers", 1))
         spread = _spread(session, job, board, workers, reporter)
         result = run_d90(setup, plan, train, eval_, out, device, reporter, on_event, reuse, spread)
-        metrics = {"setup": setup.__dict__} | result.to_dict()
+        metrics = {"setup": setup.__dict__} | scale_info(setup, plan.method, train)
+        metrics |= result.to_dict()
         best = out / "d90-task.safetensors"
         found = result.d90 is not None and best.exists()
         return (TaskArtifact.load(best) if found else None), metrics

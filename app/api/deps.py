@@ -76,3 +76,35 @@ IdempotencyKey = Annotated[
     ),
     AfterValidator(_visible_key),
 ]
+
+
+def _query_names(route) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included."""
+    names = getattr(route, "_kilotask_query_names", None)
+    if names is None:
+        found, todo = set(), [route.dependant]
+        while todo:
+            dependant = todo.pop()
+            found.update(p.alias for p in dependant.query_params)
+            todo.extend(dependant.dependencies)
+        names = route._kilotask_query_names = frozenset(found)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is a mistake (a typo like `ofset=40` would
+    otherwise be ignored silently): 422 naming it and the ones the route takes."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    known = _query_names(route)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        from app.errors import InvalidInputError
+
+        takes = ", ".join(sorted(known)) or "none"
+        raise InvalidInputError(
+            f"unknown query parameter(s) {', '.join(repr(u) for u in unknown)}; this route "
+            f"takes: {takes}",
+            code="unknown_query_parameter",
+        )

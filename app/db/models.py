@@ -175,4 +175,6 @@ class Task(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     rank: Mapped[int | None] = mapped_column(Integer)  # lowrank only
     targets: Mapped[str | None] = mapped_column(String(255))  # lowrank only, comma-separated
+    # SAID only: "layer" or "tensor" (None: a task from before groupings, one λ per tensor)
+    said_groups: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

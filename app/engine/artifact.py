@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from app.engine.errors import ArtifactFormatError, SpecVersionError, SubspaceConfigError
+from app.engine.groups import LEGACY_SAID_GROUPS, SAID_GROUPINGS
 from app.engine.methods import get_method, known_specs
 from app.engine.spec import SPEC_VERSION
 
@@ -37,10 +38,12 @@ _STRING_FIELDS = {
     "spec",
     "digest",
     "targets",
+    "said_groups",
 }
 # Fields that older files lack: left out of the file and the digest when unset, so every file
-# written before they existed loads, and hashes, unchanged.
-_OPTIONAL_FIELDS = ("rank", "targets")
+# written before they existed loads, and hashes, unchanged. (A build that predates a field
+# refuses a file that has it: the dataclass takes no unknown keyword.)
+_OPTIONAL_FIELDS = ("rank", "targets", "said_groups")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class TaskArtifact:
     theta: (d - m,) and lam: (m,) for SAID (lam None for DID; optional for lowrank), float32 in
     memory, holding exactly the values stored (already rounded when `dtype` is float16).
     rank, targets: lowrank only (targets: comma-separated module-name suffixes).
+    said_groups: SAID only: which λ scales which tensors, "layer" or "tensor" (app/engine/
+    groups.py); None in files written before groupings existed, which mean "tensor" (`groups`).
     """
 
     model: str
@@ -70,6 +75,14 @@ class TaskArtifact:
     format: int = FORMAT_VERSION
     rank: int | None = None
     targets: str | None = None
+    said_groups: str | None = None
+
+    @property
+    def groups(self) -> str | None:
+        """SAID's grouping as rebuilt ("tensor" for a file without the key); None otherwise."""
+        if self.method != "said":
+            return None
+        return self.said_groups or LEGACY_SAID_GROUPS
 
     def __post_init__(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -100,6 +113,15 @@ class TaskArtifact:
         if takes_rank != (self.rank is not None) or (self.targets is not None and not takes_rank):
             raise ArtifactFormatError(
                 f"a {self.method} task {'needs' if takes_rank else 'has no'} rank and targets"
+            )
+        if self.said_groups is not None and (
+            "said_groups" not in method.option_names or self.said_groups not in SAID_GROUPINGS
+        ):
+            raise ArtifactFormatError(
+                f"said_groups {self.said_groups!r} does not apply to a {self.method} task"
+                if "said_groups" not in method.option_names
+                else f"said_groups must be one of {', '.join(SAID_GROUPINGS)}, "
+                f"got {self.said_groups!r}"
             )
         m = 0 if self.lam is None else self.lam.numel()
         if self.theta.numel() + m != self.dim:

@@ -147,13 +147,16 @@ def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()  # the "newly initialized" warning is expected: we seed it
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=num_labels,
-            output_loading_info=True,
-            ignore_mismatched_sizes=True,
-            dtype=torch.float32,
-        )
+        # from_pretrained draws the head's throwaway init from torch's global RNG: fork it, so
+        # loading a base leaves the process's random state alone (the head is seeded below)
+        with torch.random.fork_rng(devices=[]):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=num_labels,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                dtype=torch.float32,
+            )
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model '{model_id}' from {path}: {exc}") from exc
     finally:

@@ -28,6 +28,7 @@ class Checkpoint:
     best_step: int
     history: list[dict] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
+    context: dict[str, str] = field(default_factory=dict)  # device type and precision
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _groups: list[dict] = field(default_factory=list, repr=False)
 
@@ -68,14 +69,19 @@ def save_checkpoint(
         "best_step": ckpt.best_step,
         "history": ckpt.history,
         "param_groups": opt["param_groups"],
+        "context": ckpt.context,
     }
     tmp = Path(f"{path}.tmp")
     save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta)})
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
-def load_checkpoint(path: str | os.PathLike, run_id: str) -> Checkpoint | None:
-    """The checkpoint at `path`, or None if there is none yet. Refuses another run's file."""
+def load_checkpoint(
+    path: str | os.PathLike, run_id: str, context: dict[str, str] | None = None
+) -> Checkpoint | None:
+    """The checkpoint at `path`, or None if there is none yet. Refuses another run's file, and
+    names the difference when it was trained on another device type or in another precision
+    (`context`, e.g. {"device": "cuda", "precision": "bf16"}): their numbers differ."""
     if not Path(path).exists():
         return None
     try:
@@ -85,6 +91,14 @@ def load_checkpoint(path: str | os.PathLike, run_id: str) -> Checkpoint | None:
         meta = json.loads(header["__metadata__"]["checkpoint"])
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    saved = meta.get("context") or {}
+    for key, value in (context or {}).items():
+        if key in saved and saved[key] != value:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {key} {saved[key]}, this run uses {value}: "
+                f"resume with the same {key} (a run never mixes fp32 and bf16, or CPU and CUDA), "
+                "or use another checkpoint path"
+            )
     if meta["run_id"] != run_id:
         raise CheckpointError(
             f"checkpoint {path} belongs to another run; delete it or use another path"
@@ -98,6 +112,7 @@ def load_checkpoint(path: str | os.PathLike, run_id: str) -> Checkpoint | None:
         meta["best_step"],
         meta["history"],
         best,
+        saved,
         _tensors=tensors,
         _groups=meta["param_groups"],
     )

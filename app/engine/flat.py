@@ -44,6 +44,17 @@ def flatten(model: nn.Module, layout: FlatLayout, device: str | torch.device) ->
     return torch.cat([params[n].detach().reshape(-1).float() for n in layout.names]).to(device)
 
 
+def share_(model: nn.Module, layout: FlatLayout, flat: torch.Tensor) -> nn.Module:
+    """Make `model`'s own parameters views of `flat` (which holds their values, see `flatten`),
+    in place, and move its buffers to flat's device: the module and the flat buffer then hold
+    ONE copy of the weights (the old storage is released). Tied parameters stay tied."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, view in zip(layout.names, layout.split(flat), strict=True):
+            params[name].data = view
+    return model.to(flat.device)
+
+
 def skeleton(model: nn.Module) -> nn.Module:
     """A copy of `model` whose parameters live on the meta device (no storage)."""
     memo = {

@@ -129,7 +129,11 @@ def check_settings(
         )
     low, high = method.dim_range(model, seeded, settings)
     if not low <= settings.dim <= high:
+        groups = settings.option_dict.get("said_groups")
+        per = f", one per {groups} group" if groups else ""
+        hint = f" ({low - 1} of d are scales{per})" if low > 1 else ""
         raise SubspaceConfigError(
-            f"dim must be in [{low}, {high}] for {method.name} on this model, got {settings.dim}"
+            f"dim must be in [{low}, {high}] for {method.name} on this model{hint}, "
+            f"got {settings.dim}"
         )
     return low, high

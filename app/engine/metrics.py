@@ -1,5 +1,5 @@
-"""Classification metrics (accuracy, Matthews correlation, binary F1) in pure Python, so the
-engine needs no sklearn and the numbers are exact for any number of classes."""
+"""Classification metrics (accuracy, Matthews correlation, F1) in pure Python, so the engine
+needs no sklearn and the numbers are exact for any number of classes."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def confusion_matrix(
 def classification_metrics(
     preds: Sequence[int], labels: Sequence[int], num_classes: int
 ) -> dict[str, float]:
-    """accuracy and mcc (Gorodkin's multiclass R_K; 0.0 when undefined), plus f1 of class 1
-    when num_classes == 2 (0.0 when undefined)."""
+    """accuracy, mcc (Gorodkin's multiclass R_K; 0.0 when undefined) and f1: with two classes
+    the F1 of class 1 (GLUE's convention; 0.0 when undefined), with more the macro-F1, the mean
+    F1 over the classes that occur in the labels or the predictions (sklearn's
+    `f1_score(average="macro")`)."""
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     counts = confusion_matrix(preds, labels, num_classes)
@@ -41,4 +43,7 @@ def classification_metrics(
     if num_classes == 2:
         tp, fp, fn = counts[1][1], counts[0][1], counts[1][0]
         out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    else:
+        present = [k for k in range(num_classes) if true_k[k] + pred_k[k]]
+        out["f1"] = sum(2 * counts[k][k] / (true_k[k] + pred_k[k]) for k in present) / len(present)
     return out

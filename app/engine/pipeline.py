@@ -21,10 +21,18 @@ from app.engine.data import (
     make_loader,
 )
 from app.engine.errors import DataFormatError, SubspaceConfigError
+from app.engine.groups import DEFAULT_SAID_GROUPS
 from app.engine.methods import TaskSettings, check_settings, get_method
 from app.engine.metrics import classification_metrics
 from app.engine.reconstruct import load_task_model
-from app.engine.trainer import TrainCallbacks, TrainConfig, evaluate, predict_logits, train
+from app.engine.trainer import (
+    TrainCallbacks,
+    TrainConfig,
+    evaluate,
+    predict_logits,
+    run_context,
+    train,
+)
 
 
 @dataclass
@@ -39,7 +47,8 @@ class TrainRequest:
     max_length: int = 128
     storage_dtype: str = "float32"
     config: TrainConfig = field(default_factory=TrainConfig)
-    options: dict = field(default_factory=dict)  # method-specific (lowrank: rank, targets, scales)
+    # method-specific: SAID: said_groups ("layer" unless given); lowrank: rank, targets, scales
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -52,15 +61,28 @@ class TrainOutcome:
     tokenizer: object
 
 
-def run_fingerprint(req: TrainRequest) -> str:
-    """sha256 over everything that determines the run, so a checkpoint resumes only itself."""
+def method_options(req: TrainRequest) -> dict:
+    """The request's method options with SAID's grouping made explicit (its default is
+    "layer"), so two requests that train the same way have the same options."""
+    options = dict(req.options)
+    if req.config.method == "said":
+        options.setdefault("said_groups", DEFAULT_SAID_GROUPS)
+    return options
+
+
+def run_fingerprint(req: TrainRequest, device: str | torch.device = "cpu") -> str:
+    """sha256 over everything that determines the run, so a checkpoint resumes only itself:
+    the inputs, the settings, and the device type and precision it trains in."""
     h = hashlib.sha256()
     cfg = {
-        k: v for k, v in asdict(req.config).items() if k not in ("eval_every", "checkpoint_every")
+        k: v
+        for k, v in asdict(req.config).items()
+        if k not in ("eval_every", "checkpoint_every", "precision")
     }
-    key = [req.model, req.dim, req.seed, req.max_length, cfg]
-    if req.options:  # absent for SAID/DID, so their fingerprints stay what they were
-        key.append({k: list(v) if isinstance(v, tuple) else v for k, v in req.options.items()})
+    key = [req.model, req.dim, req.seed, req.max_length, cfg, run_context(req.config, device)]
+    options = method_options(req)
+    if options:
+        key.append({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
     h.update(json.dumps(key, sort_keys=True).encode())
     for data in (req.train_data, req.eval_data):
         if data is not None:
@@ -106,7 +128,7 @@ def train_task(
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        settings = TaskSettings.of(method, req.dim, req.seed, **req.options)
+        settings = TaskSettings.of(method, req.dim, req.seed, **method_options(req))
         check_settings(base.model, base.seeded, settings)
         model = get_method(method).build(base.model, base.seeded, settings, device)
     result = train(
@@ -117,7 +139,7 @@ def train_task(
         eval_set,
         callbacks,
         checkpoint_path,
-        run_fingerprint(req),
+        run_fingerprint(req, device),
         device,
     )
     metrics = dict(result.metrics)

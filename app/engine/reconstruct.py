@@ -5,6 +5,8 @@ Refuses a base whose weights differ from the task's (digest check) before doing 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -12,6 +14,8 @@ from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, load_base
 from app.engine.errors import BaseModelMismatchError, SubspaceConfigError
 from app.engine.fastfood import get_projection
+from app.engine.flat import FlatLayout
+from app.engine.groups import said_groups
 from app.engine.methods import TaskSettings, get_method
 from app.engine.spec import SPEC_VERSION
 from app.engine.subspace import SubspaceConfig, projected_dim
@@ -43,9 +47,10 @@ def reconstruct(
 
 
 def settings_of(task: TaskArtifact) -> TaskSettings:
-    """The method settings a task file records (lowrank: rank, targets, scales)."""
+    """The method settings a task file records (SAID: its grouping, "tensor" for a file
+    without one; lowrank: rank, targets, scales)."""
     if task.rank is None:
-        return TaskSettings.of(task.method, task.dim, task.seed)
+        return TaskSettings.of(task.method, task.dim, task.seed, said_groups=task.groups)
     return TaskSettings.of(
         task.method,
         task.dim,
@@ -66,19 +71,33 @@ def load_task_model(
 
 
 @torch.no_grad()
-def add_task_delta_(flat: torch.Tensor, task: TaskArtifact, sizes: list[int]) -> None:
+def add_task_delta_(
+    flat: torch.Tensor, task: TaskArtifact, layout: FlatLayout | Sequence[int]
+) -> None:
     """flat += λ·P(θ_d) in place, where `flat` holds θ_0 (canonical order, see engine.flat).
 
     The same weights `reconstruct` produces, without wrapping a model: serving uses it to
-    rebuild a task into a buffer it already owns.
+    rebuild a task into a buffer it already owns. `layout`: the base's FlatLayout (a SAID task
+    grouped by layer needs its parameter names), or just the tensor sizes (enough for DID and
+    for SAID grouped by tensor).
     """
+    sizes = list(layout.sizes) if isinstance(layout, FlatLayout) else list(layout)
+    names = layout.names if isinstance(layout, FlatLayout) else None
     if task.spec != SPEC_VERSION:
         raise SubspaceConfigError(
             f"a {task.method} task ({task.spec}) is not a dense delta: serve it with "
             "MixedLowRankModel (app/engine/lowrank/mixed.py)"
         )
     config = SubspaceConfig(method=task.method, dim=task.dim, seed=task.seed, spec=task.spec)
-    d_proj = projected_dim(config, len(sizes))
+    groups = None
+    if task.method == "said":
+        if names is None and task.groups != "tensor":
+            raise SubspaceConfigError(
+                f"a SAID task grouped by {task.groups} needs the base's parameter names: pass "
+                "its FlatLayout, not the tensor sizes"
+            )
+        groups = said_groups(names or [str(i) for i in range(len(sizes))], task.groups)
+    d_proj = projected_dim(config, groups.m if groups is not None else 0)
     if tuple(task.theta.shape) != (d_proj,):
         raise SubspaceConfigError(f"θ has shape {tuple(task.theta.shape)}, expected ({d_proj},)")
     projection = get_projection(d_proj, flat.numel(), task.seed, flat.device, flat.dtype)
@@ -86,9 +105,11 @@ def add_task_delta_(flat: torch.Tensor, task: TaskArtifact, sizes: list[int]) ->
     if config.method == "did":
         flat.add_(delta)
         return
-    if task.lam is None or task.lam.numel() != len(sizes):
-        raise SubspaceConfigError(f"λ must have shape ({len(sizes)},)")
-    for out, piece, scale in zip(
-        torch.split(flat, sizes), torch.split(delta, sizes), task.lam.tolist(), strict=True
+    if task.lam is None or task.lam.numel() != groups.m:
+        raise SubspaceConfigError(f"λ must have shape ({groups.m},)")
+    scales = task.lam.tolist()
+    runs, run_groups = groups.runs(sizes)
+    for out, piece, g in zip(
+        torch.split(flat, runs), torch.split(delta, runs), run_groups, strict=True
     ):
-        out.add_(piece, alpha=scale)
+        out.add_(piece, alpha=scales[g])

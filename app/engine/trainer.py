@@ -3,13 +3,23 @@
 Nothing here is specific to a front end: progress, evaluation and checkpoints are reported
 through `TrainCallbacks` (as minGPT's trainer does), and cancelling is a callback returning True.
 Runs are reproducible: data order comes from (data_seed, epoch) and dropout is reseeded each
-step, so a run resumed from a checkpoint continues exactly as if it had never stopped.
+step, so a run resumed from a checkpoint continues exactly as if it had never stopped. The
+reseeding happens inside `torch.random.fork_rng`, so the process's global random state (CPU
+and the training device) is the same after training as before it.
+
+Precision: "fp32" (the default) trains in float32 throughout; "bf16" runs the forward and
+backward under bf16 autocast (on CPU or CUDA), where a SubspaceModel keeps its delta out of the
+bf16 rounding of the weights (app/engine/subspace.py; the activations are still bf16, which
+blurs deltas of per-weight RMS below about 1e-3: docs/PROJECTION.md, "Precision"). The
+projection always runs in fp32. Evaluation always runs in fp32, so reported metrics are what a
+rebuilt task predicts.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,11 +29,13 @@ from torch.func import functional_call
 
 from app.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from app.engine.data import batches_per_epoch, make_loader
+from app.engine.errors import SubspaceConfigError
 from app.engine.methods import get_method
 from app.engine.metrics import classification_metrics
 from app.engine.subspace import SubspaceModel
 
 FULL_LR = 3e-5
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -47,13 +59,43 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps; needs a checkpoint path
     metric: str = "accuracy"  # which eval metric picks the best θ_d ("mcc" for CoLA)
     data_seed: int = 0
-    bf16: bool = True  # autocast on CUDA only; CPU trains in float32
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, see the module docstring
 
     @property
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
         return FULL_LR if self.method == "full" else get_method(self.method).default_lr
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise SubspaceConfigError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    return precision
+
+
+def run_context(config: TrainConfig, device: str | torch.device) -> dict[str, str]:
+    """What a run's numbers depend on besides its inputs: the device type and the precision.
+    Part of every run fingerprint, and recorded in checkpoints so a mismatch is named."""
+    return {
+        "device": torch.device(device).type,
+        "precision": check_precision(config.precision),
+    }
+
+
+@contextmanager
+def _seeded_step(seed: int, device: torch.device):
+    """Dropout masks from `seed` on the CPU and on `device`, leaving the global random state of
+    the process (what other code in it draws from) exactly as it was."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -161,11 +203,12 @@ def train(
     optimizer = opt_cls(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
     eval_every = config.eval_every or per_epoch
-    autocast = device.type == "cuda" and config.bf16
+    context = run_context(config, device)
+    autocast = context["precision"] == "bf16"
 
     step, best_metric, best_step, best_state, history = 0, -math.inf, 0, None, []
     if checkpoint_path:
-        ckpt = load_checkpoint(checkpoint_path, run_id)
+        ckpt = load_checkpoint(checkpoint_path, run_id, context)
         if ckpt is not None:
             step, best_metric, best_step, history = (
                 ckpt.step,
@@ -183,7 +226,9 @@ def train(
         if checkpoint_path:
             save_checkpoint(
                 checkpoint_path,
-                Checkpoint(run_id, step, best_metric, best_step, history, best_state),
+                Checkpoint(
+                    run_id, step, best_metric, best_step, history, best_state, context=context
+                ),
                 params,
                 optimizer,
             )
@@ -216,10 +261,10 @@ def train(
                 checkpoint()
                 raise TrainingCancelled(f"cancelled at step {step}")
             # Reseed dropout per step so a resumed run draws the same masks as an unbroken one.
-            torch.manual_seed(config.data_seed * 1_000_003 + step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = model(**batch).loss
-            loss.backward()
+            with _seeded_step(config.data_seed * 1_000_003 + step, device):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = model(**batch).loss
+                loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
             optimizer.step()

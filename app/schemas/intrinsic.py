@@ -5,7 +5,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import ResourceRef
-from app.schemas.jobs import MAX_STORED_SEED, SEED_DOC, JobPublic
+from app.schemas.jobs import (
+    MAX_STORED_SEED,
+    SAID_GROUPS_DOC,
+    SEED_DOC,
+    JobPublic,
+    SaidGroups,
+    method_options,
+)
 
 
 class D90Create(BaseModel):
@@ -22,13 +29,31 @@ class D90Create(BaseModel):
     rank: int | None = Field(None, ge=1, le=64, description="lowrank: rank r (default 4)")
     targets: list[str] | None = Field(None, min_length=1, max_length=32)
     scales: bool | None = None
+    said_groups: SaidGroups | None = Field(None, description=SAID_GROUPS_DOC)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="every run's precision (fp32, the default, or bf16 on CUDA)"
+    )
     seed: int = Field(0, ge=0, le=MAX_STORED_SEED, description=SEED_DOC)
     min_d: int = Field(10, ge=1, le=2**31 - 1)
     max_d: int = Field(100_000, ge=2, le=2**31 - 1)
     sweep_points: int = Field(5, ge=2, le=50)
-    tolerance: float = Field(0.25, gt=0, le=10)
+    tolerance: float = Field(
+        0.1, gt=0, le=10, description="stop bisecting when hi/lo <= 1 + tolerance (10 %)"
+    )
     threshold: float = Field(0.9, gt=0, le=1)
-    lr_grid: list[float] = Field([0.05, 0.2, 0.5], min_length=1, max_length=10)
+    lr_grid: list[float] = Field(
+        [0.02, 0.05, 0.1, 0.2],
+        min_length=1,
+        max_length=10,
+        description="learning rates tried at every d (four, as in the paper)",
+    )
+    seeds: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="seeds for a d whose metric lies within one standard error of the bar; "
+        "it passes on their mean",
+    )
     full_lr_grid: list[float] = Field([2e-5, 5e-5], min_length=1, max_length=10)
     budget_steps: int = Field(200, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=1, le=4096)
@@ -49,9 +74,8 @@ class D90Create(BaseModel):
     )
 
     def options(self) -> dict:
-        """The method options that were set (lowrank: rank, targets, scales)."""
-        opts = {"rank": self.rank, "targets": self.targets, "scales": self.scales}
-        return {k: v for k, v in opts.items() if v is not None}
+        """The method options that were set (lowrank: rank, targets, scales; SAID: grouping)."""
+        return method_options(self)
 
     @model_validator(mode="after")
     def _range(self) -> D90Create:
@@ -64,10 +88,16 @@ class D90Create(BaseModel):
 
 class D90Public(JobPublic):
     """The job, plus the search so far: `results` fills in point by point (d, metric, lr,
-    passed), then gains d90 and the bracket when the search finishes."""
+    passed, seeds), then gains d90, the bracket, `censored` ("left": d90 <= min_d, "right":
+    d90 > max_d), `d90_text`, `monotone` and `notes` when the search finishes."""
 
     results: dict
 
     @classmethod
     def of(cls, job) -> D90Public:
-        return cls(**JobPublic.of(job).model_dump(), results=job.metrics or {})
+        results = job.metrics or {}
+        if "bar" in results and "monotone" not in results:  # a search from before censoring
+            from app.d90 import upgrade_results  # (imports torch: only for such old rows)
+
+            results = upgrade_results(results)
+        return cls(**JobPublic.of(job).model_dump(), results=results)

@@ -12,6 +12,19 @@ MAX_SEED = 2**32 - 1
 MAX_STORED_SEED = 2**31 - 1
 SEED_DOC = f"seed of the projection and the head, 0 to {MAX_STORED_SEED}"
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+SaidGroups = Literal["layer", "tensor"]
+SAID_GROUPS_DOC = (
+    "SAID: one λ per transformer layer plus one for the embeddings and one for the rest "
+    "('layer', the paper's, default) or one per weight tensor ('tensor')"
+)
+
+
+def method_options(body) -> dict:
+    """The method options a job or search body set (lowrank: rank, targets, scales; SAID:
+    said_groups); a method refuses the ones it does not take (422 invalid_options)."""
+    opts = {"rank": body.rank, "targets": body.targets, "scales": body.scales,
+            "said_groups": body.said_groups}  # fmt: skip
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 class Hyperparameters(BaseModel):
@@ -29,6 +42,11 @@ class Hyperparameters(BaseModel):
     metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
     data_seed: int = Field(0, ge=0, le=MAX_SEED)
     storage_dtype: Literal["float32", "float16"] = "float32"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="fp32 (default) or bf16 autocast on CUDA (the subspace delta is still "
+        "applied in fp32, so small deltas are not rounded away)",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> Hyperparameters:
@@ -58,12 +76,12 @@ class JobCreate(BaseModel):
         description="lowrank: names of the nn.Linear layers to adapt (default: query, value)",
     )
     scales: bool | None = Field(None, description="lowrank: one learned scale per target")
+    said_groups: SaidGroups | None = Field(None, description=SAID_GROUPS_DOC)
     hyperparameters: Hyperparameters = Hyperparameters()
 
     def options(self) -> dict:
-        """The method options that were set (lowrank: rank, targets, scales)."""
-        opts = {"rank": self.rank, "targets": self.targets, "scales": self.scales}
-        return {k: v for k, v in opts.items() if v is not None}
+        """The method options that were set (lowrank: rank, targets, scales; SAID: grouping)."""
+        return method_options(self)
 
 
 class Progress(BaseModel):

@@ -1,4 +1,6 @@
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from __future__ import annotations
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import UtcDatetime
 
@@ -24,8 +26,15 @@ class TaskPublic(BaseModel):
     digest: str
     rank: int | None = None  # lowrank only
     targets: str | None = None  # lowrank only: adapted module names, comma-separated
+    said_groups: str | None = None  # SAID only: "layer" or "tensor" (older tasks: "tensor")
     bytes: int = Field(validation_alias=AliasChoices("size_bytes", "bytes"))
     created_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _said_grouping(self) -> TaskPublic:
+        if self.method == "said" and self.said_groups is None:
+            self.said_groups = "tensor"  # stored before groupings existed: one λ per tensor
+        return self
 
 
 class TasksPage(BaseModel):

@@ -7,11 +7,16 @@ one queue per base model instead: rows of any mix of those tasks go into one for
 
 On CPU there is one worker per core, each with one intra-op thread: a small batch (the common
 case when traffic is spread over many tasks) cannot use two cores inside one forward pass, but two
-small batches of different tasks can run side by side. On GPU one worker owns the device."""
+small batches of different tasks can run side by side. On GPU one worker owns the device.
+
+One bad input never fails the others batched with it: when a batch of several inputs fails (for
+a reason that is not the task's as a whole), each input is run again alone, and only the
+requests whose own input fails get an error (InvalidInputError, 422, naming the problem)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +25,15 @@ from dataclasses import dataclass, field
 import torch
 
 from app.engine.artifact import TaskArtifact
+from app.engine.errors import EngineError
 from app.engine.methods import get_method
+from app.errors import InvalidInputError, KilotaskError, ServiceBusyError
 from app.serving.cache import TaskCache, classify
 from app.serving.lowrank_pool import LowRankPool, classify_mixed
 from app.serving.tally import Tally
 
 Item = tuple[str, str | None]
+log = logging.getLogger("kilotask.serving")
 
 
 def default_workers(device: str) -> int:
@@ -130,26 +138,28 @@ class MicroBatcher:
     async def _run(self, work: tuple[_Queue, list[_Request]]) -> None:
         queue, batch = work
         items = [item for request in batch for item in request.items]
+        tasks = [request.task for request in batch for _ in request.items]
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            if queue.mixed:
-                tasks = [request.task for request in batch for _ in request.items]
-                rows = await loop.run_in_executor(
-                    self._executor, classify_mixed, self.pool, tasks, items
+            probs = await loop.run_in_executor(
+                self._executor, self._score, queue.mixed, tasks, items
+            )
+        except Exception as exc:
+            if len(items) > 1 and (queue.mixed or not _whole_task_error(exc)):
+                # maybe one input's fault: run each alone, so only its own request fails
+                results = await loop.run_in_executor(
+                    self._executor, self._score_alone, queue.mixed, batch
                 )
-                probs = rows  # one (C_task,) row each: label counts differ between requests
-            else:
-                task = queue.task
-                texts = [t for t, _ in items]
-                pairs = [p or "" for _, p in items] if task.text_pair_column else None
-                probs = await loop.run_in_executor(
-                    self._executor, self._compute, task, texts, pairs
-                )
-        except Exception as exc:  # every request of this batch gets the same error
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
+            else:  # the task's own problem (or one input): its requests share the error
+                results = [_row_error(exc, items[0]) if len(items) == 1 else exc] * len(batch)
+            for request, result in zip(batch, results, strict=True):
+                if request.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
             return
         self.batch_sizes.add(len(items))
         self.latencies.add(time.perf_counter() - start)
@@ -161,6 +171,57 @@ class MicroBatcher:
                 request.future.set_result(torch.stack(part) if queue.mixed else part)
             offset += n
 
+    def _score(self, mixed: bool, tasks: list[TaskArtifact], items: list[Item]):
+        """One model call: a (N, C) tensor, or for a mixed queue one (C_task,) row per input."""
+        if mixed:
+            return classify_mixed(self.pool, tasks, items)
+        task = tasks[0]  # a plain queue holds one task's inputs
+        texts = [t for t, _ in items]
+        pairs = [p or "" for _, p in items] if task.text_pair_column else None
+        return self._compute(task, texts, pairs)
+
+    def _score_alone(
+        self, mixed: bool, batch: list[_Request]
+    ) -> list[torch.Tensor | BaseException]:
+        """Each request's probabilities with every input run alone, or the error of its first
+        input that fails alone."""
+        results: list[torch.Tensor | BaseException] = []
+        for request in batch:
+            rows = []
+            try:
+                for item in request.items:
+                    try:
+                        out = self._score(mixed, [request.task], [item])
+                    except Exception as exc:
+                        raise _row_error(exc, item) from exc
+                    rows.append(out[0])
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(torch.stack(rows))
+        return results
+
     def _compute(self, task: TaskArtifact, texts: list[str], pairs: list[str] | None):
         with self.cache.use(task) as entry:
             return classify(entry, task, texts, pairs)
+
+
+def _whole_task_error(exc: Exception) -> bool:
+    """Errors about the task or the service, not about one input: retrying inputs alone would
+    only repeat them (and a busy cache would make each retry wait)."""
+    return isinstance(exc, KilotaskError | EngineError | MemoryError | torch.OutOfMemoryError)
+
+
+def _row_error(exc: Exception, item: Item) -> Exception:
+    """What the request of an input that fails alone gets: service and engine errors as they
+    are, anything else as a 422 that names the input and the failure."""
+    if isinstance(exc, KilotaskError | EngineError):
+        return exc
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return ServiceBusyError("out of memory while scoring this input; retry shortly")
+    log.warning("an input failed alone in its batch", exc_info=exc)
+    text = item[0] if len(item[0]) <= 40 else item[0][:40] + "…"
+    return InvalidInputError(
+        f"the model could not score the input {text!r}: {type(exc).__name__}: {exc}",
+        code="input_failed",
+    )

@@ -1,17 +1,25 @@
 """Materialised tasks, rebuilt from their vectors on first use and kept under a memory budget.
 
-The base is loaded from disk once per (model, number of labels) and kept as one flat θ_0. A task
-owns one flat buffer of D floats: a rebuild copies θ_0 into it, seeds the task's head and adds
-λ·P(θ_d) in place (never a projection per request). When the budget is full, the least recently
-used unpinned task that no request is using gives its buffer to the newcomer, so a churning cache
+The base is loaded from disk once per (model, number of labels) and kept as one flat θ_0; the
+loaded module's parameters are views of it (one copy of the base's weights). A task owns one
+flat buffer of D floats: a rebuild copies θ_0 into it, seeds the task's head and adds λ·P(θ_d)
+in place (never a projection per request). When the budget is full, the least recently used
+unpinned task that no request is using gives its buffer to the newcomer, so a churning cache
 allocates nothing. Entries are keyed by the task's content digest, so a changed task can never be
 served from a stale entry.
+
+The budget counts every task buffer alive: resident tasks (in use or not) and buffers being
+built. A task in use by a batch is never evicted, so no evicted buffer outlives its entry. A
+build that finds no room waits (up to `wait_s`) for a batch to finish, then fails with a
+ServiceBusyError (503) rather than exceed the budget. Pinned tasks may fill the budget but not
+more: a pin beyond it is a ConflictError (409).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -22,12 +30,15 @@ import torch
 from torch import nn
 
 from app.engine.artifact import TaskArtifact
-from app.engine.base import BaseModel, load_base, seeded_init_
-from app.engine.flat import FlatLayout, bind, flatten, layout_of, skeleton
+from app.engine.base import NO_POSITION_LIMIT, BaseModel, load_base, position_limit, seeded_init_
+from app.engine.flat import FlatLayout, bind, flatten, layout_of, share_, skeleton
 from app.engine.reconstruct import add_task_delta_, check_compatible
+from app.errors import ConflictError, ServiceBusyError
 from app.serving.tally import Tally
 
 BaseKey = tuple[str, int]  # (model id, number of labels)
+MEMORY_WAIT_S = 10.0  # how long a build waits for a running batch to free memory, by default
+BUDGET_SETTING = "KILOTASK_SERVING_CACHE_MB"
 
 
 @dataclass
@@ -36,6 +47,8 @@ class CacheStats:
     misses: int = 0
     evictions: int = 0
     recycled: int = 0
+    waits: int = 0  # builds that had to wait for memory
+    refused: int = 0  # builds refused (503) for want of memory
     rebuild_seconds: Tally = field(default_factory=Tally)
 
 
@@ -43,8 +56,13 @@ class CacheStats:
 class _Base:
     loaded: BaseModel
     layout: FlatLayout
-    theta0: torch.Tensor  # (D,) on the serving device
+    theta0: torch.Tensor  # (D,) on the serving device; loaded.model's parameters are views of it
     skeleton: nn.Module  # parameters on the meta device
+    max_tokens: int  # position_limit of the model: no input is tokenized longer
+
+    @property
+    def nbytes(self) -> int:
+        return self.theta0.numel() * self.theta0.element_size()
 
 
 @dataclass
@@ -54,7 +72,8 @@ class Entry:
     flat: torch.Tensor  # the task's weights; the model's parameters are views of it
     base_key: BaseKey
     pinned: bool = False
-    users: int = 0  # batches running on it now; a buffer in use is never recycled
+    users: int = 0  # batches running on it now; an entry in use is never evicted
+    max_tokens: int = NO_POSITION_LIMIT  # the base model's position limit
 
     @property
     def nbytes(self) -> int:
@@ -62,15 +81,26 @@ class Entry:
 
 
 class TaskCache:
-    def __init__(self, budget_mb: float, device: str = "cpu") -> None:
+    def __init__(
+        self, budget_mb: float, device: str = "cpu", wait_s: float = MEMORY_WAIT_S
+    ) -> None:
+        self.budget_mb = budget_mb  # as configured, for messages
         self.budget = int(budget_mb * 2**20)
         self.device = device
+        self.wait_s = wait_s
         self.stats = CacheStats()
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._bases: dict[BaseKey, _Base] = {}
         self._lock = threading.RLock()
+        self._memory = threading.Condition(self._lock)  # notified whenever memory may be free
         self._base_lock = threading.Lock()
         self._building: dict[str, Future] = {}  # digest -> the build in progress
+        self._resident = 0  # bytes of the entries' buffers
+        self._reserved = 0  # bytes of buffers being built (allocated or about to be)
+        self._reserved_pinned = 0  # the part of _reserved that pins are building
+        self._buffers_lock = threading.Lock()
+        self.buffers_live = 0  # task buffers allocated and not yet freed (measured, not counted)
+        self.buffers_peak = 0
 
     def _base(self, key: BaseKey) -> _Base:
         with self._base_lock:  # not the entry lock: resident tasks keep serving meanwhile
@@ -78,27 +108,128 @@ class TaskCache:
                 loaded = load_base(key[0], num_labels=key[1], seed=0)
                 layout = layout_of(loaded.model)
                 theta0 = flatten(loaded.model, layout, self.device)
-                self._bases[key] = _Base(loaded, layout, theta0, skeleton(loaded.model))
+                share_(loaded.model, layout, theta0)  # one copy: the module reads θ_0 itself
+                limit = position_limit(loaded.model, loaded.tokenizer)
+                self._bases[key] = _Base(loaded, layout, theta0, skeleton(loaded.model), limit)
             return self._bases[key]
 
     def base_model(self, model_id: str, num_labels: int = 2) -> BaseModel:
         """The loaded base (pristine weights) for `model_id`, shared with the lowrank pool."""
         return self._base((model_id, num_labels)).loaded
 
-    def _build(self, task: TaskArtifact, key: BaseKey) -> Entry:
+    def _new_buffer(self, like: torch.Tensor) -> torch.Tensor:
+        """A task buffer, counted as live until it is freed (measured by a finalizer, so the
+        count is the memory actually held, whatever holds it)."""
+        flat = torch.empty_like(like)
+        with self._buffers_lock:
+            self.buffers_live += 1
+            self.buffers_peak = max(self.buffers_peak, self.buffers_live)
+        weakref.finalize(flat, self._buffer_freed)
+        return flat
+
+    def _buffer_freed(self) -> None:
+        with self._buffers_lock:
+            self.buffers_live -= 1
+
+    def _build(self, task: TaskArtifact, key: BaseKey, pin: bool) -> Entry:
+        """The task's entry, in a buffer reserved under the budget (see `_reserve`); the caller
+        moves the reservation to the resident bytes when it stores the entry."""
         base = self._base(key)
         check_compatible(base.loaded, task)  # before any work: never mix digests
-        spare = self._make_room(base.theta0.numel() * base.theta0.element_size(), key)
-        if spare is None:
-            flat = torch.empty_like(base.theta0)
-            model = bind(base.skeleton, base.layout, flat)
-        else:
-            flat, model = spare.flat, spare.model
-            self.stats.recycled += 1
-        flat.copy_(base.theta0)
-        seeded_init_(model, base.loaded.seeded, task.seed)  # the task's own head, in place
-        add_task_delta_(flat, task, base.layout.sizes)
-        return Entry(model, base.loaded.tokenizer, flat, key)
+        spare = self._reserve(base.nbytes, key, pin)
+        try:
+            if spare is None:
+                flat = self._new_buffer(base.theta0)
+                model = bind(base.skeleton, base.layout, flat)
+            else:
+                flat, model = spare.flat, spare.model  # the evicted task's buffer
+                self.stats.recycled += 1
+            flat.copy_(base.theta0)
+            seeded_init_(model, base.loaded.seeded, task.seed)  # the task's own head, in place
+            add_task_delta_(flat, task, base.layout)
+        except BaseException:
+            with self._memory:
+                self._unreserve(base.nbytes, pin)
+            raise
+        return Entry(model, base.loaded.tokenizer, flat, key, max_tokens=base.max_tokens)
+
+    def _unreserve(self, nbytes: int, pin: bool) -> None:
+        self._reserved -= nbytes
+        self._reserved_pinned -= nbytes if pin else 0
+        self._memory.notify_all()
+
+    def _reserve(self, nbytes: int, key: BaseKey, pin: bool) -> Entry | None:
+        """Reserve `nbytes` for a buffer under the budget, evicting idle unpinned tasks (least
+        recently used first). Returns an evicted entry of base `key` whose buffer the new task
+        takes over, if any. Waits up to `wait_s` for running batches to release tasks; raises
+        ConflictError for a pin beyond the budget and ServiceBusyError when memory stays full."""
+        deadline = time.monotonic() + self.wait_s
+        waited = False
+        with self._memory:
+            while True:
+                pinned_n, pinned_bytes = self._pinned()
+                if pin and pinned_bytes + nbytes > self.budget:
+                    raise ConflictError(
+                        f"cannot pin: pinned tasks already fill the serving budget "
+                        f"({BUDGET_SETTING} = {self.budget_mb:g} MB): {pinned_n} pinned "
+                        f"({pinned_bytes / 2**20:.1f} MB), and this task needs "
+                        f"{nbytes / 2**20:.1f} MB; unpin a task (DELETE /v1/tasks/{{id}}/pin) "
+                        f"or raise {BUDGET_SETTING}",
+                        code="pin_budget_full",
+                    )
+                if pinned_bytes + nbytes > self.budget:
+                    self.stats.refused += 1
+                    too_big = nbytes > self.budget
+                    raise ServiceBusyError(
+                        f"one task of {key[0]} needs {nbytes / 2**20:.1f} MB, more than the whole "
+                        f"serving budget ({BUDGET_SETTING} = {self.budget_mb:g} MB); raise it"
+                        if too_big
+                        else f"no room to serve this task: {pinned_n} pinned tasks "
+                        f"({pinned_bytes / 2**20:.1f} MB) fill the serving budget "
+                        f"({BUDGET_SETTING} = {self.budget_mb:g} MB); unpin some or raise "
+                        f"{BUDGET_SETTING}",
+                        code="serving_budget_too_small" if too_big else "serving_budget_pinned",
+                    )
+                fits, spare = self._evict_for(nbytes, key)
+                if fits:
+                    self._reserved += nbytes
+                    self._reserved_pinned += nbytes if pin else 0
+                    return spare
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.stats.refused += 1
+                    raise ServiceBusyError(
+                        f"no serving memory for this task within {self.wait_s:g} s: the budget "
+                        f"({BUDGET_SETTING} = {self.budget_mb:g} MB) is held by tasks that "
+                        "running batches are using and by tasks being built; retry shortly",
+                        code="serving_memory_busy",
+                    )
+                if not waited:
+                    self.stats.waits += 1
+                    waited = True
+                self._memory.wait(remaining)
+
+    def _evict_for(self, nbytes: int, key: BaseKey) -> tuple[bool, Entry | None]:
+        """Evict idle unpinned entries, least recently used first, until `nbytes` fit. The first
+        evicted entry of base `key` ends the search: its buffer is handed over (returned)."""
+        free = self.budget - self._resident - self._reserved
+        for digest, entry in list(self._entries.items()):
+            if free >= nbytes:
+                break
+            if entry.pinned or entry.users:
+                continue
+            del self._entries[digest]
+            self._resident -= entry.nbytes
+            self.stats.evictions += 1
+            if entry.base_key == key and entry.nbytes == nbytes:
+                return True, entry
+            free += entry.nbytes
+        return free >= nbytes, None
+
+    def _pinned(self) -> tuple[int, int]:
+        """(pinned tasks, their bytes), counting pins being built."""
+        pinned = [e.nbytes for e in self._entries.values() if e.pinned]
+        return len(pinned), sum(pinned) + self._reserved_pinned
 
     def get(self, task: TaskArtifact, pin: bool = False, hold: bool = False) -> Entry:
         """The ready model for `task`, building it on a miss (refuses another base digest).
@@ -124,12 +255,13 @@ class TaskCache:
             pending.result()  # someone else's build: then take it from the cache as a hit
         try:
             start = time.perf_counter()
-            entry = self._build(task, (task.model, len(task.labels)))
-            with self._lock:
+            entry = self._build(task, (task.model, len(task.labels)), pin)
+            with self._memory:  # the reservation becomes resident bytes, atomically
                 entry.pinned, entry.users = pin, int(hold)
                 self.stats.rebuild_seconds.add(time.perf_counter() - start)
                 self._entries[task.digest] = entry
-                self._make_room(0, None)
+                self._resident += entry.nbytes
+                self._unreserve(entry.nbytes, pin)
         except BaseException as exc:
             pending.set_exception(exc)
             raise
@@ -140,8 +272,10 @@ class TaskCache:
         return entry
 
     def release(self, entry: Entry) -> None:
-        with self._lock:
+        with self._memory:
             entry.users -= 1
+            if entry.users == 0:
+                self._memory.notify_all()  # a waiting build may evict it now
 
     @contextmanager
     def use(self, task: TaskArtifact) -> Iterator[Entry]:
@@ -152,32 +286,24 @@ class TaskCache:
         finally:
             self.release(entry)
 
-    def _make_room(self, nbytes: int, key: BaseKey | None) -> Entry | None:
-        """Evict least recently used unpinned tasks until `nbytes` more fit in the budget.
-        Returns an evicted entry of base `key` that nobody is using, for its buffer, if any."""
-        spare = None
-        with self._lock:
-            for digest in list(self._entries):
-                if self.resident_bytes + nbytes <= self.budget:
-                    break
-                entry = self._entries[digest]
-                if entry.pinned or (nbytes == 0 and len(self._entries) == 1):
-                    continue
-                del self._entries[digest]
-                self.stats.evictions += 1
-                if spare is None and entry.base_key == key and entry.users == 0:
-                    spare = entry
-        return spare
-
     @property
     def resident_bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        return self._resident
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of task buffers the budget counts: resident plus being built."""
+        return self._resident + self._reserved
 
     def describe(self) -> dict:
         with self._lock:
             return {
                 "budget_mb": self.budget / 2**20,
                 "resident_mb": self.resident_bytes / 2**20,
+                "building_mb": self._reserved / 2**20,
+                "live_mb": self.live_bytes / 2**20,
+                "pinned_tasks": self._pinned()[0],
+                "pinned_mb": self._pinned()[1] / 2**20,
                 "resident_tasks": [
                     {"digest": d, "mb": e.nbytes / 2**20, "pinned": e.pinned}
                     for d, e in self._entries.items()
@@ -186,8 +312,14 @@ class TaskCache:
                 "misses": self.stats.misses,
                 "evictions": self.stats.evictions,
                 "recycled_buffers": self.stats.recycled,
+                "memory_waits": self.stats.waits,
+                "memory_refusals": self.stats.refused,
+                "memory_wait_s": self.wait_s,
+                "buffers_live": self.buffers_live,
+                "buffers_peak": self.buffers_peak,
                 "mean_rebuild_ms": 1e3 * self.stats.rebuild_seconds.mean,
                 "bases": [f"{m}:{k}" for m, k in self._bases],
+                "bases_mb": sum(b.nbytes for b in self._bases.values()) / 2**20,
             }
 
     def contains(self, digest: str) -> bool:
@@ -195,12 +327,12 @@ class TaskCache:
 
     def unpin(self, digest: str) -> bool:
         """Let the task be evicted again; returns whether it was resident."""
-        with self._lock:
+        with self._memory:
             entry = self._entries.get(digest)
             if entry is None:
                 return False
             entry.pinned = False
-            self._make_room(0, None)
+            self._memory.notify_all()  # a waiting build may evict it now
             return True
 
 
@@ -215,7 +347,7 @@ def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str
             texts,
             pairs,
             truncation=True,
-            max_length=task.max_length,
+            max_length=min(task.max_length, entry.max_tokens),  # never past the positions
             padding=True,
             return_tensors="pt",
         )

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from app.engine.artifact import TaskArtifact
-from app.engine.base import BaseModel
+from app.engine.base import BaseModel, position_limit
 from app.engine.lowrank import LowRankFactors, MixedLowRankModel, config_of, softmax_rows
 from app.engine.reconstruct import settings_of
+from app.errors import ConflictError
 from app.serving.cache import TOKENIZER_LOCK, CacheStats
 
 
@@ -33,10 +34,12 @@ class LowRankPool:
     """
 
     def __init__(self, budget_mb: float, base_of, device: str = "cpu") -> None:
+        self.budget_mb = budget_mb  # as configured, for messages
         self.budget = int(budget_mb * 2**20)
         self.device = device
         self._base_of = base_of  # model id -> BaseModel (shared with the dense cache)
         self._servers: dict[str, MixedLowRankModel] = {}
+        self.max_tokens: dict[str, int] = {}  # model id -> its position limit
         self._entries: OrderedDict[str, _Resident] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -47,6 +50,7 @@ class LowRankPool:
         with self._server_lock:
             if model_id not in self._servers:
                 base: BaseModel = self._base_of(model_id)
+                self.max_tokens[model_id] = position_limit(base.model, base.tokenizer)
                 self._servers[model_id] = MixedLowRankModel(base, self.device)
             return self._servers[model_id]
 
@@ -57,7 +61,9 @@ class LowRankPool:
             if resident is not None:
                 self._entries.move_to_end(task.digest)
                 self.stats.hits += 1
-                resident.pinned = resident.pinned or pin
+                if pin and not resident.pinned:
+                    self._check_pin_room(resident.factors.nbytes)
+                    resident.pinned = True
                 return resident.factors
             self.stats.misses += 1
         server = self.server(task.model)
@@ -69,10 +75,26 @@ class LowRankPool:
         with self._lock:
             resident = self._entries.get(task.digest)
             if resident is None:
+                if pin:
+                    self._check_pin_room(built.nbytes)
                 resident = self._entries[task.digest] = _Resident(built, pin)
                 self._bytes += built.nbytes
                 self._evict()
+            resident.pinned = resident.pinned or pin
             return resident.factors
+
+    def _check_pin_room(self, nbytes: int) -> None:
+        """Pins may fill the budget, not more (ConflictError, 409)."""
+        pinned = [r.factors.nbytes for r in self._entries.values() if r.pinned]
+        if sum(pinned) + nbytes > self.budget:
+            raise ConflictError(
+                "cannot pin: pinned lowrank tasks already fill their budget "
+                f"(KILOTASK_SERVING_LOWRANK_CACHE_MB = {self.budget_mb:g} MB): "
+                f"{len(pinned)} pinned ({sum(pinned) / 2**20:.1f} MB), and this task needs "
+                f"{nbytes / 1024:.1f} KB; unpin a task (DELETE /v1/tasks/{{id}}/pin) or raise "
+                "KILOTASK_SERVING_LOWRANK_CACHE_MB",
+                code="pin_budget_full",
+            )
 
     def _evict(self) -> None:
         for digest in list(self._entries):
@@ -119,9 +141,10 @@ def classify_mixed(
     server = pool.server(tasks[0].model)
     factors = [pool.factors(t) for t in tasks]
     tokenizer = server.base.tokenizer
+    limit = pool.max_tokens[tasks[0].model]  # never past the model's positions
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, t in enumerate(tasks):
-        groups.setdefault((t.max_length, bool(t.text_pair_column)), []).append(i)
+        groups.setdefault((min(t.max_length, limit), bool(t.text_pair_column)), []).append(i)
     features: list[dict | None] = [None] * len(items)
     with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
         for (max_length, paired), idx in groups.items():

@@ -289,3 +289,12 @@ def test_task_files_the_tables_cannot_hold_are_422(client, auth, tiny_bert, over
     r = client.post("/v1/tasks", files={"file": ("t.safetensors", data)}, headers=auth)
     assert fragment in error_of(r, 422)["message"]
     assert client.get("/v1/tasks", headers=auth).json()["total"] == 0
+
+
+def test_an_unknown_query_parameter_is_422_naming_it(client, auth):
+    r = client.get("/v1/jobs?ofset=40", headers=auth)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_query_parameter"
+    assert "'ofset'" in error["message"] and "offset" in error["message"]
+    assert client.get("/v1/jobs?offset=0&limit=5", headers=auth).status_code == 200

@@ -21,7 +21,7 @@ def search_body(model, ds, **kw):
         ({"min_d": 500, "max_d": 400}, "min_d must be smaller"),
         ({"lr_grid": [0]}, "learning rates"),
         ({"method": "full"}, "said"),
-        ({"max_d": 20}, "no d to search"),
+        ({"min_d": 1, "max_d": 4}, "no d to search"),  # SAID: d > m (4 here)
         ({"eval_dataset": "dataset_nope"}, "not found"),
         ({"rank": 4}, "do not apply to method 'said'"),
         ({"method": "lowrank", "targets": ["nope"]}, "no nn.Linear layer"),
@@ -46,7 +46,9 @@ def test_queued_search_reads_and_is_not_a_training_job(client, auth, dataset, ti
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     other = new_key_for(client)
     assert client.get(f"/v1/intrinsic-dimension/{search['id']}", headers=other).status_code == 404
-    train = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=auth).json()
+    train = client.post("/v1/jobs", json=body(tiny_bert, dataset), headers=auth)
+    assert train.status_code == 202, train.text
+    train = train.json()
     r = client.get(f"/v1/intrinsic-dimension/{train['id']}", headers=auth)
     assert r.status_code == 404 and "training job" in r.text
 

@@ -114,21 +114,40 @@ def test_cache_budget_evicts_least_recently_used(settings, auth, tasks):
 
 def test_pinned_task_stays_resident_under_pressure(settings, auth, tasks):
     ids, _ = tasks
-    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.1})))
+    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.17})))
     assert small.post(f"/v1/tasks/{ids[0]}/pin", headers=auth).json()["pinned"] is True
-    for _ in range(2):
+    for i in (1, 2):  # room for two tasks: t0 pinned, t1 then t2 share the other place
         r = small.post(
-            "/v1/infer", json={"inputs": [{"task": ids[1], "text": "nice"}]}, headers=auth
+            "/v1/infer", json={"inputs": [{"task": ids[i], "text": "nice"}]}, headers=auth
         )
         assert r.status_code == 200
     small.post("/v1/infer", json={"inputs": [{"task": ids[0], "text": "nice"}]}, headers=auth)
     cache = small.get("/v1/serving", headers=auth).json()["cache"]
-    assert [t["pinned"] for t in cache["resident_tasks"]] == [True]
-    assert cache["hits"] == 1 and cache["misses"] == 3  # t0 preloaded once, t1 twice
+    assert [t["pinned"] for t in cache["resident_tasks"]] == [False, True]  # t2, then t0
+    assert cache["hits"] == 1 and cache["misses"] == 3 and cache["evictions"] == 1
     assert small.delete(f"/v1/tasks/{ids[0]}/pin", headers=auth).json()["resident"] is True
     text = small.get("/metrics").text
-    assert "kilotask_cache_misses_total 3.0" in text and "kilotask_resident_tasks 1.0" in text
+    assert "kilotask_cache_misses_total 3.0" in text and "kilotask_resident_tasks 2.0" in text
     assert "kilotask_reconstruction_seconds_count 3.0" in text
+
+
+def test_pins_beyond_the_budget_are_refused(settings, auth, tasks):
+    """Room for one task (0.081 MB): the first pin fills the budget; a second pin is 409 and
+    says the budget and the pins; an unpinned task cannot be served meanwhile (503)."""
+    ids, _ = tasks
+    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.1})))
+    assert small.post(f"/v1/tasks/{ids[0]}/pin", headers=auth).status_code == 200
+    r = small.post(f"/v1/tasks/{ids[1]}/pin", headers=auth)
+    assert r.status_code == 409, r.text
+    message = r.json()["error"]["message"]
+    assert "KILOTASK_SERVING_CACHE_MB = 0.1 MB" in message and "1 pinned" in message
+    r = small.post("/v1/infer", json={"inputs": [{"task": ids[1], "text": "nice"}]}, headers=auth)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "serving_budget_pinned"
+    assert small.delete(f"/v1/tasks/{ids[0]}/pin", headers=auth).status_code == 200
+    r = small.post("/v1/infer", json={"inputs": [{"task": ids[1], "text": "nice"}]}, headers=auth)
+    assert r.status_code == 200
+    cache = small.get("/v1/serving", headers=auth).json()["cache"]
+    assert cache["live_mb"] <= 0.1 and cache["buffers_peak"] == 1
 
 
 def test_concurrent_clients_share_batches(settings, auth, tasks):

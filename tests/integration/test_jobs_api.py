@@ -10,7 +10,9 @@ from tests.integration.conftest import new_key
 
 
 def body(model, ds, **kw):
-    return {"model": str(model), "train_dataset": ds, "method": "said", "dim": 100, **kw}
+    """A SAID job on the tiny BERT (64 positions: max_length must fit them)."""
+    return {"model": str(model), "train_dataset": ds, "method": "said", "dim": 100,
+            "hyperparameters": {"max_length": 16}, **kw}  # fmt: skip
 
 
 def test_queued_job_has_the_contract_shape(client, auth, dataset, tiny_bert):
@@ -44,7 +46,7 @@ def test_idempotency_key_same_body_same_job_other_body_422(
 @pytest.mark.parametrize(
     "change,status,fragment",
     [
-        ({"dim": 10}, 422, "dim must be in"),
+        ({"dim": 4}, 422, "dim must be in"),  # SAID: d > m, 4 layer groups on the tiny BERT
         ({"dim": 10**9}, 422, "dim must be in"),
         ({"method": "lora"}, 422, "method"),
         ({"model": "no-such-model"}, 422, "no-such-model"),

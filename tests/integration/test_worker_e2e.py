@@ -287,7 +287,10 @@ def test_search_runs_on_a_worker_and_stores_its_task(stack, tiny_bert, tmp_path)
 
 
 def run_events(client, auth, job_id: str) -> list[dict]:
-    events = client.get(f"/v1/jobs/{job_id}/events?limit=1000", headers=auth).json()["data"]
+    events, after = [], 0  # every page: a search's progress events pass the 1000 of one page
+    url = f"/v1/jobs/{job_id}/events?limit=1000&after="
+    while page := client.get(f"{url}{after}", headers=auth).json()["data"]:
+        events, after = events + page, page[-1]["id"]
     return [e["data"] for e in events if e["data"].get("event") == "run_started"]
 
 

@@ -86,13 +86,48 @@ def test_inspect_shows_metadata_and_digest(trained):
     assert meta["digest"] == json.loads(proc.stdout)["task_digest"]
     assert meta["spec"] == "fastfood-v1" and meta["method"] == "said" and meta["dim"] == 120
     assert meta["labels"] == ["0", "1"] and meta["text_column"] == "sentence"
+    # SAID's default grouping: embeddings, 2 layers, the rest
+    assert meta["said_groups"] == "layer" and meta["lambdas"] == 4
+
+
+def test_said_groups_tensor_and_bf16_train_and_rebuild(trained, tiny_bert, capsys):
+    """--said-groups tensor gives one λ per tensor (41 on tiny BERT) and says so in the file;
+    --precision bf16 trains under autocast, and the reported metrics (measured in fp32) are
+    what the rebuilt task predicts."""
+    from app.cli import main
+
+    folder, _, dev, _ = trained
+    out = folder / "tensor.safetensors"
+    args = ["train", "--model", str(tiny_bert), "--train", str(folder / "train.tsv"),
+            "--eval", str(dev), "--dim", "120", "--max-steps", "4", "--batch-size", "16",
+            "--max-length", "16", "--said-groups", "tensor", "--precision", "bf16",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    reported = json.loads(capsys.readouterr().out)["eval_accuracy"]
+    assert main(["inspect", str(out)]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert (meta["said_groups"], meta["lambdas"], meta["dim"]) == ("tensor", 41, 120)
+    predict = ["predict", str(out), "--input", str(dev), "--label-column", "label"]
+    assert main([*predict, "--model", str(tiny_bert)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] == reported
+
+
+def test_said_groups_only_for_said(trained, tiny_bert, capsys):
+    from app.cli import main
+
+    folder, *_ = trained
+    args = ["train", "--model", str(tiny_bert), "--train", str(folder / "train.tsv"),
+            "--method", "did", "--said-groups", "tensor", "--max-length", "16",
+            "--out", str(folder / "x.safetensors")]  # fmt: skip
+    assert main(args) == 2
+    assert "--said-groups applies to --method said, not did" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "extra,message",
     [
         (["--label-column", "stars"], "stars"),
-        (["--dim", "10"], "dim must be"),
+        (["--dim", "4", "--max-length", "16"], "dim must be"),  # SAID by layer: m = 4
         (["--model", "no-such-model-anywhere"], "no-such-model-anywhere"),
     ],
 )

@@ -3,6 +3,7 @@ kill that redoes no finished run, and refusal to mix settings in one folder."""
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from app.cli import main
 from app.d90 import D90Setup, SearchMismatchError, run_d90
 from app.engine.artifact import TaskArtifact
 from app.engine.data import read_table
-from app.engine.intrinsic import D90Plan
+from app.engine.intrinsic import D90Plan, run_key
 from tests.factories import sentiment_rows, write_tsv
 
 
@@ -28,7 +29,7 @@ def cli_args(tiny_bert, data, out, *extra):
         "d90", "--model", str(tiny_bert), "--train", str(train), "--eval", str(dev),
         "--budget-steps", "16", "--batch-size", "16", "--max-length", "16", "--min-d", "10",
         "--max-d", "3000", "--sweep-points", "3", "--lr-grid", "0.2", "0.5",
-        "--full-lr-grid", "1e-2", "--out", str(out), "--quiet", *extra,
+        "--full-lr-grid", "1e-2", "--tolerance", "1.0", "--out", str(out), "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -40,11 +41,13 @@ def test_d90_cli_writes_results_csv_plot_and_task(tiny_bert, data, tmp_path, cap
     assert results["finished"] and summary["d90"] == results["d90"]
     assert not results["degenerate"] and results["bar"] > results["floor"]  # full FT learned
     assert results["bar"] == pytest.approx(0.9 * results["full_metric"])
-    m = results["plan"]["min_d"] - 1  # SAID's range starts above its number of scales
-    assert results["plan"]["min_d"] > 10 and m > 0
+    # results.json states m and the grouping (tiny BERT by layer: embeddings, 2 layers, rest)
+    assert (results["m"], results["said_groups"]) == (4, "layer")
+    assert results["setup"]["precision"] == "fp32" and results["setup"]["device"] == "cpu"
+    assert results["plan"]["min_d"] == 10 > results["m"]  # SAID's range starts above m
     runs = json.loads((out / "state.json").read_text())["runs"]
     rows = (out / "points.csv").read_text().splitlines()
-    assert rows[0] == "kind,d,lr,accuracy" and len(rows) == 1 + len(runs)
+    assert rows[0] == "kind,d,lr,seed,accuracy" and len(rows) == 1 + len(runs)
     assert len(runs) == 1 + 2 * len(results["points"])  # full once, then 2 learning rates per d
     for point in results["points"]:
         assert point["passed"] == (point["metric"] >= results["bar"])
@@ -70,7 +73,8 @@ def test_killed_search_resumes_without_redoing_runs(tiny_bert, data, tmp_path):
     train = read_table(data[0])
     dev = read_table(data[1], train.columns)
     setup = D90Setup(str(tiny_bert), budget_steps=16, batch_size=16, max_length=16)
-    plan = D90Plan(min_d=10, max_d=3000, sweep_points=3, lr_grid=(0.2, 0.5), full_lr_grid=(1e-2,))
+    plan = D90Plan(min_d=10, max_d=3000, sweep_points=3, tolerance=1.0, lr_grid=(0.2, 0.5),
+                   full_lr_grid=(1e-2,))  # fmt: skip
     out = tmp_path / "out"
 
     class Killed(Exception):
@@ -102,8 +106,12 @@ def test_killed_search_resumes_without_redoing_runs(tiny_bert, data, tmp_path):
 def test_d90_cli_rejects_bad_arguments(tiny_bert, data, tmp_path, capsys):
     assert main(cli_args(tiny_bert, data, tmp_path / "a", "--budget-steps", "0")) == 2
     assert "must be positive" in capsys.readouterr().err
-    assert main(cli_args(tiny_bert, data, tmp_path / "b", "--max-d", "20")) == 2
-    assert "SAID needs d >" in capsys.readouterr().err
+    # SAID's m depends on its grouping: 41 tensors, or embeddings + 2 layers + rest
+    b = cli_args(tiny_bert, data, tmp_path / "b", "--max-d", "20", "--said-groups", "tensor")
+    assert main(b) == 2
+    assert "SAID needs d > 41: its 41 scales, one per tensor group," in capsys.readouterr().err
+    assert main(cli_args(tiny_bert, data, tmp_path / "c", "--max-d", "4")) == 2
+    assert "SAID needs d > 4: its 4 scales, one per layer group," in capsys.readouterr().err
 
 
 def test_did_search_reuses_the_full_fine_tuning_of_a_said_search(tiny_bert, data, tmp_path, capsys):
@@ -152,3 +160,175 @@ def test_a_search_over_other_d_reuses_the_runs_and_task_files_it_shares(tiny_ber
     assert (tmp_path / "low" / "runs" / shared).read_bytes() == (
         tmp_path / "high" / "runs" / shared
     ).read_bytes()
+
+
+# Fast tests: no model and no training. `feasible` keeps the plan's range and `train_run` gives
+# each run the metric of `fake.metric(kind, d, lr, seed)` and a task file naming the run.
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    import app.d90 as d90
+
+    class Fake:
+        metric = staticmethod(lambda kind, d, lr, seed: 0.9 if kind == "full" else 0.5)
+        trained: list[str] = []
+
+    def train_run(setup, train, eval_, run, device="cpu", callbacks=None):
+        kind, d, lr, *rest = run
+        seed = rest[0] if rest else 0
+        Fake.trained.append(run_key(kind, d, lr, seed))
+        task = None if kind == "full" else f"{kind}-{d}-{lr:g}-{seed}".encode()
+        return Fake.metric(kind, d, lr, seed), task
+
+    monkeypatch.setattr(d90, "train_run", train_run)
+    monkeypatch.setattr(d90, "feasible", lambda plan, setup, train: plan)
+    monkeypatch.setattr(d90, "scale_info", lambda setup, method, train: {})  # m needs a base
+    Fake.trained = []
+    return Fake
+
+
+def tables(data):
+    train = read_table(data[0])
+    return train, read_table(data[1], train.columns)
+
+
+def near_bar(kind, d, lr, seed):
+    """Full 0.9 (bar 0.81); from d = 1000 seed 0 fails by 0.01 at lr 0.2, within one standard
+    error of 32 dev rows (0.07), and seeds 1 and 2 lift the mean to 0.83."""
+    if kind == "full":
+        return 0.9
+    if d < 1000:
+        return 0.5
+    return (0.80, 0.84, 0.85)[seed] - (0 if lr == 0.2 else 0.1)
+
+
+def test_killed_search_with_seeds_resumes_without_redoing_runs(fake, data, tmp_path):
+    fake.metric = staticmethod(near_bar)
+    train, dev = tables(data)
+    setup = D90Setup("fake", budget_steps=16)
+    plan = D90Plan(min_d=100, max_d=10_000, sweep_points=3, lr_grid=(0.05, 0.2),
+                   full_lr_grid=(1e-2,), seeds=3)  # fmt: skip
+    whole = run_d90(setup, plan, train, dev, tmp_path / "whole")
+
+    class Killed(Exception):
+        pass
+
+    def dies_at_a_second_seed(kind, data):
+        if kind == "run_finished" and data["run"].endswith(":seed=2"):
+            raise Killed
+
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        run_d90(setup, plan, train, dev, out, on_event=dies_at_a_second_seed)
+    finished = json.loads((out / "state.json").read_text())["runs"]
+    assert {"said:d=1000:lr=0.2", "said:d=1000:lr=0.2:seed=1"} <= finished.keys()
+    fake.trained.clear()
+    result = run_d90(setup, plan, train, dev, out)
+    assert fake.trained and not set(fake.trained) & set(finished)
+    assert result.to_dict() == whole.to_dict()
+
+    point = next(p for p in result.points if p.d == 1000)
+    assert point.seeds == [0.80, 0.84, 0.85] and point.passed and point.near_bar
+    assert point.stderr == pytest.approx((0.8 * 0.2 / 32) ** 0.5)
+    assert result.d90 == 1000 and 1000 / result.bracket[0] <= 1.1
+    runs = json.loads((out / "state.json").read_text())["runs"]
+    rows = (out / "points.csv").read_text().splitlines()
+    assert rows[0] == "kind,d,lr,seed,accuracy" and len(rows) == 1 + len(runs)
+    assert "said,1000,0.2,2,0.850000" in rows and "said,1000,0.2,0,0.800000" in rows
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["points"][1]["seeds"] == [0.80, 0.84, 0.85] and saved["points"][1]["sd"] > 0
+    assert (out / "runs" / "said-d1000-lr0.2-seed2.safetensors").read_bytes() == b"said-1000-0.2-2"
+    assert (out / "d90-task.safetensors").read_bytes() == b"said-1000-0.2-0"  # seed 0's task
+
+
+def test_a_search_folder_from_before_seeds_resumes(fake, data, tmp_path):
+    """An old state.json (fingerprint of a plan without seeds, keys without a seed) resumes:
+    nothing in it is trained again; the new search trains only the sweep points above the
+    first pass that the old one skipped."""
+    import hashlib
+
+    train, dev = tables(data)
+    # a SAID search from before SAID groupings had one λ per tensor
+    setup = D90Setup("fake", budget_steps=16, options=(("said_groups", "tensor"),))
+    plan = D90Plan(min_d=100, max_d=10_000, sweep_points=3, tolerance=9.0, lr_grid=(0.2,),
+                   full_lr_grid=(1e-2,))  # fmt: skip
+    old_plan = {"method": "said", "min_d": 100, "max_d": 10_000, "sweep_points": 3,
+                "tolerance": 9.0, "threshold": 0.9, "lr_grid": [0.2],
+                "full_lr_grid": [0.01]}  # fmt: skip
+    h = hashlib.sha256(json.dumps([setup._settings(), old_plan], sort_keys=True).encode())
+    for table in (train, dev):
+        h.update(json.dumps([table.texts, table.text_pairs, table.labels]).encode())
+    assert setup.fingerprint(plan, train, dev) == h.hexdigest()
+    out = tmp_path / "old"
+    out.mkdir()
+    old = {"full:d=0:lr=0.01": 0.9, "said:d=100:lr=0.2": 0.5, "said:d=1000:lr=0.2": 0.85}
+    state = {"fingerprint": h.hexdigest(), "runs_fingerprint": "old", "runs": old}
+    (out / "state.json").write_text(json.dumps(state))
+    fake.metric = staticmethod(lambda kind, d, lr, seed: 0.85)
+    result = run_d90(setup, plan, train, dev, out)
+    assert fake.trained == ["said:d=10000:lr=0.2"]
+    assert result.d90 == 1000 and result.bracket == (100, 1000) and result.censored is None
+    fake.trained.clear()
+    assert run_d90(setup, plan, train, dev, out).d90 == 1000 and fake.trained == []  # replay
+
+
+def test_results_from_before_read_and_plot():
+    from app.d90 import curve_figure, read_results, upgrade_results
+
+    folder = Path(__file__).parents[2] / "docs" / "d90"
+    cola = read_results(folder / "cola-said")  # nothing passed up to 6400
+    assert cola["censored"] == "right" and cola["d90_text"] == "> 6400" and cola["monotone"]
+    assert cola["setup"]["metric"] == "mcc" and all(p["seeds"] for p in cola["points"])
+    sst2 = read_results(folder / "sst2-said")
+    assert sst2["d90"] == 416 and sst2["d90_text"] == "416" and sst2["censored"] is None
+    assert sst2["bracket"] == [339, 416] and sst2["notes"] == []
+
+    old = json.loads((folder / "sst2-said" / "results.json").read_text())
+    old["points"] = [p | {"passed": True} for p in old["points"]]  # as if 150 had passed
+    old["d90"], old["bracket"] = 150, None
+    left = upgrade_results(old)
+    assert left["censored"] == "left" and left["d90_text"] == "<= 150"
+    labels = [t.get_text() for t in curve_figure(old, "accuracy").axes[0].get_legend().get_texts()]
+    assert "d90 ≤ 150 (left-censored)" in labels
+    assert upgrade_results({}) == {}  # a queued search's empty metrics
+
+
+def test_cli_reports_censoring_and_order(fake, data, tmp_path, capsys):
+    from app.d90 import curve_figure
+
+    fake.metric = staticmethod(lambda kind, d, lr, seed: 0.9)  # every d passes
+    out = tmp_path / "left"
+    assert main(cli_args("fake", data, out)) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["censored"] == "left" and summary["d90_text"] == "<= 10" and summary["monotone"]
+    assert "kilotask: warning: Left-censored" in captured.err
+
+    fake.metric = staticmethod(lambda kind, d, lr, seed: 0.9 if kind == "full" or d < 100 else 0.5)
+    out = tmp_path / "order"
+    assert main(cli_args("fake", data, out)) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["d90"] is None and summary["censored"] == "right"
+    assert summary["monotone"] is False and summary["d90_text"] == "> 3000"
+    assert "Not monotone in d: d = 10 passed (0.9000) but d = 173 failed" in captured.err
+    results = json.loads((out / "results.json").read_text())
+    assert results["first_pass"] == 10 and results["violations"][0]["failed_d"] == 173
+    legend = curve_figure(results, "accuracy").axes[0].get_legend().get_texts()
+    labels = [t.get_text() for t in legend]
+    assert "d90 > 3000 (right-censored)" in labels
+    assert "fails above a passing d (not monotone)" in labels
+
+    fake.metric = staticmethod(near_bar)
+    out = tmp_path / "seeds"
+    args = [*cli_args("fake", data, out), "--min-d", "100", "--max-d", "10000", "--seeds", "3"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["plan"]["seeds"] == 3 and results["d90"] == 1000
+    labels = [
+        t.get_text() for t in curve_figure(results, "accuracy").axes[0].get_legend().get_texts()
+    ]
+    assert "mean ± sd over 3 seeds" in labels
+    assert main([*cli_args("fake", data, tmp_path / "bad"), "--seeds", "0"]) == 2
+    assert "--seeds must be positive" in capsys.readouterr().err

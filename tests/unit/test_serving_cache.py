@@ -41,11 +41,12 @@ def test_concurrent_misses_build_a_task_once(tiny_bert):
 
 def test_buffer_in_use_is_never_recycled(tiny_bert):
     first, second, third = tasks_for(tiny_bert, 3)
-    cache = TaskCache(budget_mb=0.05)  # room for one tiny task
+    cache = TaskCache(budget_mb=0.17)  # room for two tiny tasks (0.081 MB each)
     with cache.use(first) as held:
         before = held.flat.clone()
-        cache.get(second)  # evicts `first`, but a batch holds it: a new buffer is allocated
-        assert cache.stats.evictions == 1 and cache.stats.recycled == 0
-        assert torch.equal(held.flat, before)
-    cache.get(third)  # evicts `second`, which nobody holds: its buffer is reused
-    assert cache.stats.recycled == 1 and held.users == 0
+        cache.get(second)  # room left: a new buffer
+        cache.get(third)  # evicts `second`, not `first` (a batch holds it), and reuses its buffer
+        assert cache.stats.evictions == 1 and cache.stats.recycled == 1
+        assert torch.equal(held.flat, before) and cache.contains(first.digest)
+        assert not cache.contains(second.digest) and cache.buffers_peak == 2
+    assert held.users == 0

@@ -112,7 +112,7 @@ def serving_state(request: Request, settings: SettingsDep, _: TenantDep) -> dict
     return runtime(request, settings).describe()
 
 
-@router.post("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 422))
+@router.post("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 409, 422))
 async def pin_task(
     request: Request,
     task_id: ResourceId,

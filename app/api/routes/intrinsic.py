@@ -57,7 +57,16 @@ async def submit_search(
     if body.reuse_from is not None:
         _check_reuse_source(_search(session, tenant_id, body.reuse_from), body, model)
     search = body.model_dump(
-        exclude={"model", "train_dataset", "eval_dataset", "seed", "rank", "targets", "scales"}
+        exclude={
+            "model",
+            "train_dataset",
+            "eval_dataset",
+            "seed",
+            "rank",
+            "targets",
+            "scales",
+            "said_groups",
+        }  # fmt: skip
     )
     fields = dict(
         kind="d90",
@@ -76,7 +85,7 @@ async def submit_search(
     return JSONResponse(D90Public.of(job).model_dump(mode="json"), 202)
 
 
-RUN_FIELDS = ("budget_steps", "batch_size", "max_length", "metric", "full_lr_grid")
+RUN_FIELDS = ("budget_steps", "batch_size", "max_length", "metric", "full_lr_grid", "precision")
 
 
 def _check_reuse_source(source: Job, body: D90Create, model: str) -> None:
@@ -84,21 +93,21 @@ def _check_reuse_source(source: Job, body: D90Create, model: str) -> None:
     same data, and there must be something to take."""
     ours = {k: getattr(body, k) for k in RUN_FIELDS}
     ours |= dict(model=model, seed=body.seed, train=body.train_dataset, eval=body.eval_dataset)
-    ours["options"] = body.options()
+    ours["options"] = body.options()  # method options only matter for runs of the method
     theirs = {k: source.hyperparameters.get(k) for k in RUN_FIELDS}
     theirs |= dict(
         model=source.model,
         seed=source.seed,
         train=source.train_dataset_id,
         eval=source.eval_dataset_id,
-        options=source.options or {},
+        options=(source.options or {}) if source.method == body.method else body.options(),
     )
     differ = sorted(k for k in ours if ours[k] != theirs[k])
     if differ:
         raise InvalidInputError(
             f"reuse_from: search {source.id} trained with other {', '.join(differ)}; reusing "
             "runs needs the same datasets, model, seed, budget_steps, batch_size, max_length, "
-            "metric, full_lr_grid and method options",
+            "metric, full_lr_grid, precision and (for the same method) method options",
             code="reuse_mismatch",
         )
     runs = json.loads(source.checkpoint or b"{}").get("runs", {})

@@ -47,11 +47,20 @@ def model_info(model_id: str) -> ModelPublic:
     """Loads the model once per process to count D and hash the weights (a few seconds)."""
     base = _base(model_id)
     from app.engine.base import position_limit
+    from app.engine.errors import SubspaceConfigError
+    from app.engine.groups import said_scale_count
 
+    scales: dict[str, int | None] = {}
+    for grouping in ("layer", "tensor"):
+        try:
+            scales[grouping] = said_scale_count(base.model, grouping)
+        except SubspaceConfigError:  # a family whose layers cannot be told apart
+            scales[grouping] = None
     return ModelPublic(
         id=model_id,
         num_parameters=base.num_parameters,
         num_tensors=len(list(base.model.parameters())),
+        said_scales=scales,
         base_digest=base.digest,
         max_length=position_limit(base),
     )

@@ -71,9 +71,9 @@ def test_non_finite_or_wrong_shape_vectors_are_refused(bad):
         make_task(theta=bad)
 
 
-def trained_like_task(tiny_bert, method="said", dim=120, seed=3):
+def trained_like_task(tiny_bert, method="said", dim=120, seed=3, groups="layer"):
     base = load_base(str(tiny_bert), num_labels=2, seed=seed)
-    sub = SubspaceModel(base.model, SubspaceConfig(method, dim, seed))
+    sub = SubspaceModel(base.model, SubspaceConfig(method, dim, seed, said_groups=groups))
     with torch.no_grad():
         sub.theta.normal_(0, 5)
         if sub.lam is not None:
@@ -91,13 +91,15 @@ def trained_like_task(tiny_bert, method="said", dim=120, seed=3):
         max_length=32,
         theta=sub.theta,
         lam=sub.lam,
+        **sub.artifact_fields(),
     )
     return sub, task
 
 
-@pytest.mark.parametrize("method", ["said", "did"])
-def test_reconstruction_equals_training_time_weights(tiny_bert, method):
-    sub, task = trained_like_task(tiny_bert, method)
+@pytest.mark.parametrize("method,groups", [("said", "layer"), ("said", "tensor"), ("did", None)])
+def test_reconstruction_equals_training_time_weights(tiny_bert, method, groups):
+    sub, task = trained_like_task(tiny_bert, method, groups=groups or "layer")
+    assert task.said_groups == groups
     ids = torch.tensor([[2, 6, 7, 3]])
     want = sub(input_ids=ids).logits
     rebuilt = reconstruct(load_base(str(tiny_bert), 2, task.seed), task)

@@ -33,8 +33,17 @@ def test_multiclass_mcc_matches_gorodkin():
     cov = c * s - sum(a * b for a, b in zip(t, p, strict=True))
     expected = cov / math.sqrt((s**2 - sum(x * x for x in p)) * (s**2 - sum(x * x for x in t)))
     m = classification_metrics(preds, labels, 3)
-    assert set(m) == {"accuracy", "mcc"}
+    assert set(m) == {"accuracy", "mcc", "f1"}
     assert m["accuracy"] == pytest.approx(0.7) and m["mcc"] == pytest.approx(expected)
+    # macro-F1: per class 2·tp / (true + predicted) = 4/6, 4/6, 6/8
+    assert m["f1"] == pytest.approx((4 / 6 + 4 / 6 + 6 / 8) / 3)
+
+
+def test_macro_f1_averages_only_the_classes_that_occur():
+    # class 3 of 4 never occurs: sklearn's f1_score(average="macro") leaves it out
+    m = classification_metrics([0, 1, 2, 2], [0, 1, 2, 1], 4)
+    assert m["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert classification_metrics([0, 1, 2], [0, 1, 2], 3)["f1"] == 1.0
 
 
 def test_perfect_inverse_and_undefined():

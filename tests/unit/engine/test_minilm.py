@@ -43,7 +43,16 @@ def test_said_starts_at_the_base_and_rebuilds_exactly(minilm):
         sub.theta.normal_(0, 3)
         sub.lam.uniform_(0.5, 2)
         trained = sub(**batch).logits
-    task = make_task("minilm-l6", base, dim=1000, max_length=64, theta=sub.theta, lam=sub.lam)
+    assert sub.lam.numel() == 8  # by layer: embeddings, 6 layers, the rest
+    task = make_task(
+        "minilm-l6",
+        base,
+        dim=1000,
+        max_length=64,
+        theta=sub.theta,
+        lam=sub.lam,
+        said_groups="layer",
+    )
     rebuilt = reconstruct(load_base("minilm-l6", 2, 0), task)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(**batch).logits, trained, rtol=0, atol=0)

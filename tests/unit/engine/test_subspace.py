@@ -17,23 +17,35 @@ def test_starts_exactly_at_theta0(tiny_bert, method, dim):
     assert torch.equal(sub(input_ids=IDS, attention_mask=MASK).logits, ref)
 
 
-def test_only_theta_and_lambda_train_and_d_counts_lambdas(tiny_bert):
+@pytest.mark.parametrize("groups", ["layer", "tensor"])
+def test_only_theta_and_lambda_train_and_d_counts_lambdas(tiny_bert, groups):
     base = load_base(str(tiny_bert), num_labels=2, seed=0)
-    m = len(canonical_names(base.model))
-    sub = SubspaceModel(base.model, SubspaceConfig("said", 300, 0))
+    # tiny BERT: 2 layers, so by layer m = embeddings + 2 layers + rest
+    m = len(canonical_names(base.model)) if groups == "tensor" else 4
+    sub = SubspaceModel(base.model, SubspaceConfig("said", 300, 0, said_groups=groups))
     trainable = {n: p.numel() for n, p in sub.named_parameters() if p.requires_grad}
     assert trainable == {"theta": 300 - m, "lam": m}
+    assert sub.num_scales == m
     assert base.num_parameters == sub.D
 
 
-def test_gradcheck_theta_and_lambda_float64(tiny_bert):
+def test_layer_is_the_default_grouping(tiny_bert):
     base = load_base(str(tiny_bert), num_labels=2, seed=0)
-    sub = SubspaceModel(base.model.double(), SubspaceConfig("said", 150, 2), dtype=torch.float64)
+    sub = SubspaceModel(base.model, SubspaceConfig("said", 300, 0))
+    assert sub.config.said_groups == "layer" and sub.lam.numel() == 4
+    assert sub.artifact_fields() == {"said_groups": "layer"}
+
+
+@pytest.mark.parametrize("groups", ["layer", "tensor"])
+def test_gradcheck_theta_and_lambda_float64(tiny_bert, groups):
+    base = load_base(str(tiny_bert), num_labels=2, seed=0)
+    config = SubspaceConfig("said", 150, 2, said_groups=groups)
+    sub = SubspaceModel(base.model.double(), config, dtype=torch.float64)
     theta = torch.randn(sub.d_proj, dtype=torch.float64, requires_grad=True)
-    lam = torch.randn(len(sub.names), dtype=torch.float64, requires_grad=True)
+    lam = torch.randn(sub.num_scales, dtype=torch.float64, requires_grad=True)
 
     def weights(t, lm):
-        return subspace_weights(sub.theta0, t, lm, sub.segment, sub.projection)
+        return subspace_weights(sub.theta0, t, lm, sub.segment, sub.projection, sub.segment_groups)
 
     assert torch.autograd.gradcheck(weights, (theta, lam), fast_mode=True)
 
@@ -46,10 +58,11 @@ def test_gradient_flows_to_every_theta_coordinate(tiny_bert):
     assert (sub.theta.grad != 0).all()
 
 
-def test_said_weights_follow_equation_3(tiny_bert):
+@pytest.mark.parametrize("groups", ["layer", "tensor"])
+def test_said_weights_follow_equation_3(tiny_bert, groups):
     base = load_base(str(tiny_bert), num_labels=2, seed=0)
     theta0 = {n: p.detach().clone() for n, p in base.model.named_parameters()}
-    sub = SubspaceModel(base.model, SubspaceConfig("said", 200, 1))
+    sub = SubspaceModel(base.model, SubspaceConfig("said", 200, 1, said_groups=groups))
     with torch.no_grad():
         sub.theta.normal_()
         sub.lam.uniform_(0.5, 2.0)
@@ -58,7 +71,8 @@ def test_said_weights_follow_equation_3(tiny_bert):
     offset = 0
     for i, name in enumerate(sub.names):
         size = theta0[name].numel()
-        want = theta0[name] + sub.lam[i] * delta[offset : offset + size].view_as(theta0[name])
+        lam = sub.lam[sub.groups.of_tensor[i]]  # θ_i = θ_0,i + λ_g(i)·P(θ)_i
+        want = theta0[name] + lam * delta[offset : offset + size].view_as(theta0[name])
         torch.testing.assert_close(got[name], want)
         offset += size
 
@@ -66,7 +80,9 @@ def test_said_weights_follow_equation_3(tiny_bert):
 @pytest.mark.parametrize(
     "config,match",
     [
-        (SubspaceConfig("said", 10, 0), "SAID spends"),
+        (SubspaceConfig("said", 4, 0), "SAID spends 4 of d on scales, one per layer group"),
+        (SubspaceConfig("said", 40, 0, said_groups="tensor"), "SAID spends 41"),
+        (SubspaceConfig("said", 400, 0, said_groups="block"), "SAID groups must be one of"),
         (SubspaceConfig("did", 10**9, 0), "dim must be"),
         (SubspaceConfig("lora", 10, 0), "method must be"),
         (SubspaceConfig("did", 10, -1), "seed must be"),

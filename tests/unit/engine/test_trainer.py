@@ -126,12 +126,14 @@ def test_sentence_pairs_three_classes_and_epochs(tiny_bert, tmp_path):
         )
     data = read_table(write_tsv(tmp_path / "pairs.tsv", rows))
     assert data.columns.text_pair == "hypothesis"
-    config = TrainConfig(method="said", epochs=2, batch_size=16, learning_rate=0.3)
+    # metric f1 with three classes: macro-F1 (it used to fail with KeyError: 'f1')
+    config = TrainConfig(method="said", epochs=2, batch_size=16, learning_rate=0.3, metric="f1")
     out = train_task(TrainRequest(str(tiny_bert), data, data, 150, 0, 24, config=config))
     assert out.step == 6  # 2 epochs × ceil(48 / 16) batches
     assert [h["step"] for h in out.history] == [3, 6]  # evaluated once per epoch
     assert out.artifact.labels == ["contradict", "entail", "neutral"]
     assert out.artifact.text_pair_column == "hypothesis"
-    assert "f1" not in out.metrics and {"accuracy", "mcc"} <= out.metrics.keys()
+    assert {"accuracy", "mcc", "f1"} <= out.metrics.keys()
+    assert out.metrics["f1"] == max(h["f1"] for h in out.history)
     pred = predict_task(out.artifact, data)
     assert pred.metrics == out.metrics

@@ -1,0 +1,209 @@
+"""TaskCache's memory budget: every live task buffer counts (resident, being built, in use), a
+build waits for memory or fails with a 503-class error, pins are capped, and a base's weights
+are held once."""
+
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from app.engine.base import load_base
+from app.errors import ConflictError, ServiceBusyError
+from app.serving.cache import TaskCache
+from tests.unit.test_serving_cache import tasks_for
+
+ONE = 0.09  # MB: room for one tiny task (0.081 MB each)
+TWO = 0.17  # room for two
+
+
+def test_eight_threads_never_hold_more_buffers_than_the_budget(tiny_bert):
+    """8 threads, a budget of 2 buffers, 6 tasks in random order, each held for a while as a
+    batch would: the live buffers (measured by finalizers, not by the cache's own counting)
+    never exceed 2, and every request is served."""
+    tasks = tasks_for(tiny_bert, 6)
+    cache = TaskCache(budget_mb=TWO, wait_s=60)
+    cache.get(tasks[0])  # load the base first: the race is about task buffers
+    errors, over = [], []
+    barrier = threading.Barrier(8)
+
+    def client(k: int) -> None:
+        rng = random.Random(k)
+        barrier.wait()
+        try:
+            for _ in range(12):
+                task = rng.choice(tasks)
+                with cache.use(task) as entry:
+                    if cache.live_bytes > cache.budget or cache.buffers_live > 2:
+                        over.append((cache.live_bytes, cache.buffers_live))
+                    assert entry.users >= 1
+                    time.sleep(rng.uniform(0, 0.004))  # a batch running on it
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and over == []
+    assert cache.buffers_peak <= 2
+    assert cache.live_bytes <= cache.budget and cache.stats.misses > 6
+    assert cache.stats.recycled > 0  # churn reuses buffers rather than allocating
+
+
+def test_a_build_waits_for_a_batch_to_release_memory(tiny_bert):
+    first, second = tasks_for(tiny_bert, 2)
+    cache = TaskCache(budget_mb=ONE, wait_s=30)
+    got = []
+    with cache.use(first) as held:
+        before = held.flat.clone()
+        waiter = threading.Thread(target=lambda: got.append(cache.get(second)))
+        waiter.start()
+        time.sleep(0.3)
+        assert got == [] and cache.stats.waits == 1  # no room while the batch runs
+        assert torch.equal(held.flat, before)
+    waiter.join()
+    assert got and cache.contains(second.digest) and not cache.contains(first.digest)
+    assert cache.stats.recycled == 1 and cache.buffers_peak == 1
+
+
+def test_memory_held_too_long_is_a_503_not_more_memory(tiny_bert):
+    first, second = tasks_for(tiny_bert, 2)
+    cache = TaskCache(budget_mb=ONE, wait_s=0.2)
+    with cache.use(first), pytest.raises(ServiceBusyError) as err:
+        cache.get(second)
+    assert err.value.code == "serving_memory_busy"
+    assert "KILOTASK_SERVING_CACHE_MB" in err.value.message
+    assert cache.stats.refused == 1 and cache.buffers_peak == 1 and cache.live_bytes <= cache.budget
+    cache.get(second)  # free again: served, in the first task's buffer
+    assert cache.stats.recycled == 1 and cache.buffers_live == 1
+
+
+def test_a_task_larger_than_the_whole_budget_is_refused(tiny_bert):
+    (task,) = tasks_for(tiny_bert, 1)
+    cache = TaskCache(budget_mb=0.05)
+    with pytest.raises(ServiceBusyError, match="more than the whole serving budget") as err:
+        cache.get(task)
+    assert err.value.code == "serving_budget_too_small" and cache.buffers_peak == 0
+
+
+def test_pins_are_capped_by_the_budget(tiny_bert):
+    t1, t2, t3 = tasks_for(tiny_bert, 3)
+    cache = TaskCache(budget_mb=TWO, wait_s=30)
+    cache.get(t1, pin=True)
+    cache.get(t2, pin=True)
+    with pytest.raises(ConflictError) as err:
+        cache.get(t3, pin=True)
+    message = err.value.message
+    assert "KILOTASK_SERVING_CACHE_MB = 0.17 MB" in message and "2 pinned" in message
+    start = time.monotonic()
+    with pytest.raises(ServiceBusyError) as busy:  # unpinned: no room either, and no waiting
+        cache.get(t3)
+    assert busy.value.code == "serving_budget_pinned" and time.monotonic() - start < 5
+    assert cache.buffers_peak == 2
+    assert cache.unpin(t1.digest)
+    cache.get(t3, pin=True)  # t1 is evictable again: t3 takes its buffer
+    assert not cache.contains(t1.digest) and cache.stats.recycled == 1
+    assert cache.describe()["pinned_tasks"] == 2
+
+
+def test_pinning_a_resident_task_needs_no_room(tiny_bert):
+    t1, t2 = tasks_for(tiny_bert, 2)
+    cache = TaskCache(budget_mb=TWO)
+    cache.get(t1)
+    cache.get(t2)
+    cache.get(t1, pin=True)
+    cache.get(t2, pin=True)
+    assert cache.describe()["pinned_tasks"] == 2 and cache.stats.misses == 2
+
+
+def test_a_base_is_held_once(tiny_bert):
+    """The loaded module's parameters are views of the flat θ_0 (one copy of the weights), and
+    the module still computes what a freshly loaded base computes."""
+    (task,) = tasks_for(tiny_bert, 1)
+    cache = TaskCache(budget_mb=1)
+    cache.get(task)
+    base = cache._bases[(str(tiny_bert), 2)]
+    theta0 = base.theta0
+    lo = theta0.data_ptr()
+    hi = lo + theta0.numel() * theta0.element_size()
+    params = list(base.loaded.model.parameters())
+    assert sum(p.numel() for p in params) == theta0.numel()
+    for p in params:
+        assert p.untyped_storage().data_ptr() == theta0.untyped_storage().data_ptr()
+        assert lo <= p.data_ptr() < hi
+    assert cache.describe()["bases_mb"] == pytest.approx(theta0.numel() * 4 / 2**20)
+    fresh = load_base(str(tiny_bert), 2, 0).model
+    ids = torch.tensor([[2, 5, 6, 3]])
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            cache.base_model(str(tiny_bert)).model(input_ids=ids).logits,
+            fresh(input_ids=ids).logits,
+            rtol=0,
+            atol=0,
+        )
+
+
+def test_rebuilds_on_the_shared_base_equal_reconstruct_bitwise(tiny_bert):
+    """With the base module reading θ_0 itself, a task built by the cache (new buffer, then
+    recycled) still equals `reconstruct` exactly, and θ_0 is never written."""
+    from app.engine.reconstruct import reconstruct
+
+    tasks = tasks_for(tiny_bert, 2)
+    cache = TaskCache(budget_mb=ONE)
+    base = cache.base_model(str(tiny_bert))
+    theta0 = cache._bases[(str(tiny_bert), 2)].theta0.clone()
+    for task in tasks:  # the second one recycles the first one's buffer
+        got = dict(cache.get(task).model.named_parameters())
+        want = dict(reconstruct(load_base(str(tiny_bert), 2, task.seed), task).named_parameters())
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    assert cache.stats.recycled == 1
+    assert torch.equal(cache._bases[(str(tiny_bert), 2)].theta0, theta0)
+    assert base is cache.base_model(str(tiny_bert))
+
+
+def test_share_keeps_tied_parameters_tied():
+    from torch import nn
+
+    from app.engine.flat import flatten, layout_of, share_
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    layout = layout_of(model)
+    before = model.a.weight.detach().clone()
+    flat = flatten(model, layout, "cpu")
+    share_(model, layout, flat)
+    assert model.a.weight is model.b.weight and torch.equal(model.a.weight, before)
+    assert all(
+        p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        for p in model.parameters()
+    )
+
+
+def test_lowrank_pins_are_capped_by_their_budget(tiny_bert):
+    from app.serving.lowrank_pool import LowRankPool
+    from tests.factories import make_lowrank_task
+
+    t1, t2 = (make_lowrank_task(str(tiny_bert), gen_seed=k) for k in range(2))
+    cache = TaskCache(budget_mb=1)
+    size = LowRankPool(16, cache.base_model).factors(t1).nbytes
+    pool = LowRankPool(1.5 * size / 2**20, cache.base_model)  # room for one
+    pool.factors(t1, pin=True)
+    with pytest.raises(ConflictError) as err:
+        pool.factors(t2, pin=True)
+    assert "KILOTASK_SERVING_LOWRANK_CACHE_MB" in err.value.message
+    assert "1 pinned" in err.value.message and not pool.contains(t2.digest)
+    pool.factors(t2)  # unpinned: served (and evicted again later)
+    assert pool.unpin(t1.digest)
+    pool.factors(t2, pin=True)
+    assert pool.describe()["pinned"] == 1

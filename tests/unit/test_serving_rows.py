@@ -1,0 +1,158 @@
+"""Inputs in serving: never tokenized past the model's positions (position_limit), and one bad
+input never fails the other inputs batched with it."""
+
+import asyncio
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+from app.engine.base import NO_POSITION_LIMIT, load_base, position_limit
+from app.engine.errors import BaseModelMismatchError
+from app.errors import InvalidInputError
+from app.serving import batcher as batcher_module
+from app.serving.batcher import MicroBatcher
+from app.serving.cache import TaskCache
+from app.serving.lowrank_pool import LowRankPool
+from tests.factories import WORDS, make_lowrank_task
+from tests.unit.test_serving_cache import tasks_for
+
+TINY = dict(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+LONG = " ".join(WORDS * 10)  # 200 words: past tiny_bert's 64 positions
+
+
+def test_position_limit_bert_style():
+    config = BertConfig(**TINY, intermediate_size=16, max_position_embeddings=512)
+    assert position_limit(config, None) == 512
+    assert position_limit(BertForSequenceClassification(config), None) == 512
+    assert position_limit(config, SimpleNamespace(model_max_length=128)) == 128
+    assert position_limit(config, SimpleNamespace(model_max_length=int(1e30))) == 512
+
+
+def test_position_limit_roberta_style_has_offset_two():
+    config = RobertaConfig(
+        **TINY, intermediate_size=16, max_position_embeddings=514, pad_token_id=1
+    )
+    assert position_limit(config, None) == 512  # positions start at padding_idx + 1 = 2
+    model = RobertaForSequenceClassification(config)
+    assert position_limit(model, SimpleNamespace(model_max_length=512)) == 512
+    assert position_limit(model, None) == 512
+
+
+def test_position_limit_of_a_loaded_base(tiny_bert):
+    base = load_base(str(tiny_bert), 2, 0)
+    assert position_limit(base) == 64 == position_limit(base.model, base.tokenizer)
+    assert position_limit(SimpleNamespace(), None) == NO_POSITION_LIMIT
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_long_inputs_are_truncated_to_the_positions(tiny_bert):
+    """A task whose max_length (4096) exceeds the model's 64 positions is served, exactly as the
+    same task with max_length 64; the same for a lowrank task in a mixed batch."""
+    (said,) = tasks_for(tiny_bert, 1)
+    lowrank = make_lowrank_task(str(tiny_bert))
+    cache = TaskCache(budget_mb=1)
+    pool = LowRankPool(16, cache.base_model)
+    batcher = MicroBatcher(cache, max_batch=8, max_wait_ms=1, workers=1, pool=pool)
+
+    async def scores():
+        out = []
+        for task in (said, lowrank):
+            for max_length in (4096, 64):
+                one = dataclasses.replace(task, max_length=max_length)
+                out.append(await batcher.submit(one, [(LONG, None), ("good movie", None)]))
+        return out
+
+    said_long, said_64, low_long, low_64 = run(scores())
+    assert torch.equal(said_long, said_64) and torch.equal(low_long, low_64)
+
+
+@pytest.fixture()
+def poisoned(monkeypatch):
+    """classify fails on a whole batch whenever one of its texts contains POISON (as a model
+    error on one input would); records the size of every model call."""
+    calls = []
+    real = batcher_module.classify
+
+    def classify(entry, task, texts, pairs):
+        calls.append(len(texts))
+        if any("POISON" in t for t in texts):
+            raise ValueError("cannot embed token POISON")
+        return real(entry, task, texts, pairs)
+
+    monkeypatch.setattr(batcher_module, "classify", classify)
+    return calls
+
+
+def test_a_poisoned_row_fails_only_its_own_request(tiny_bert, poisoned):
+    (task,) = tasks_for(tiny_bert, 1)
+    cache = TaskCache(budget_mb=1)
+    batcher = MicroBatcher(cache, max_batch=16, max_wait_ms=50, workers=1)
+    healthy = [[("good movie", None)], [("awful dull plot", None), ("love it", None)]]
+
+    async def together():
+        return await asyncio.gather(
+            batcher.submit(task, healthy[0]),
+            batcher.submit(task, [("the POISON film", None)]),
+            batcher.submit(task, healthy[1]),
+            return_exceptions=True,
+        )
+
+    first, bad, third = run(together())
+    assert poisoned[0] == 4  # all three clients' inputs went into one batch first
+    assert isinstance(bad, InvalidInputError) and bad.code == "input_failed"
+    assert "POISON" in bad.message and "ValueError" in bad.message
+    alone = [run(batcher.submit(task, [item])) for items in healthy for item in items]
+    torch.testing.assert_close(first, alone[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(third, torch.cat(alone[1:]), rtol=0, atol=1e-6)
+
+
+def test_a_lone_failing_row_gets_a_4xx(tiny_bert, poisoned):
+    (task,) = tasks_for(tiny_bert, 1)
+    batcher = MicroBatcher(TaskCache(budget_mb=1), max_batch=16, max_wait_ms=1, workers=1)
+    with pytest.raises(InvalidInputError, match="POISON"):
+        run(batcher.submit(task, [("POISON", None)]))
+
+
+def test_a_bad_task_in_a_mixed_batch_fails_only_its_own_request(tiny_bert, monkeypatch):
+    """Lowrank rows of many tasks share one forward: a task whose base digest is wrong fails
+    its own request (422-class), and the other clients' rows are served as if alone."""
+    calls = []
+    real = batcher_module.classify_mixed
+
+    def classify_mixed(pool, tasks, items):
+        calls.append(len(items))
+        return real(pool, tasks, items)
+
+    monkeypatch.setattr(batcher_module, "classify_mixed", classify_mixed)
+    good = [make_lowrank_task(str(tiny_bert), gen_seed=k) for k in range(2)]
+    bad = make_lowrank_task(str(tiny_bert), gen_seed=9, base_digest="f" * 64)
+    cache = TaskCache(budget_mb=1)
+    pool = LowRankPool(16, cache.base_model)
+    batcher = MicroBatcher(cache, max_batch=16, max_wait_ms=50, workers=1, pool=pool)
+
+    async def together():
+        return await asyncio.gather(
+            batcher.submit(good[0], [("good movie", None)]),
+            batcher.submit(bad, [("nice", None)]),
+            batcher.submit(good[1], [("awful plot", None), ("so dull", None)]),
+            return_exceptions=True,
+        )
+
+    first, refused, third = run(together())
+    assert calls[0] == 4  # the three clients' rows went into one forward first
+    assert isinstance(refused, BaseModelMismatchError)
+    alone_first = run(batcher.submit(good[0], [("good movie", None)]))
+    alone_third = run(batcher.submit(good[1], [("awful plot", None), ("so dull", None)]))
+    torch.testing.assert_close(first, alone_first, rtol=0, atol=1e-6)
+    torch.testing.assert_close(third, alone_third, rtol=0, atol=1e-6)
