@@ -2,7 +2,7 @@
 
 Revision ID: 3f6a9d2b8c41
 Revises: 9b2c6e1f7d30
-Create Date: 2026-12-04 10:00:00
+Create Date: 2026-12-03 15:00:00
 
 """
 
