@@ -12,6 +12,7 @@ import csv
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -425,6 +426,19 @@ def read_results(out: str | os.PathLike) -> dict:
     return upgrade_results(json.loads((Path(out) / "results.json").read_text()))
 
 
+def _spaced_labels(ds: list[int], keep: int | None = None, min_frac: float = 0.045) -> list[str]:
+    """A label for each d, blank where it would overlap one already shown: bisection puts
+    points a few percent apart on a log axis. `keep` (d90) is labelled first, then the ends,
+    then the rest in order; a label needs `min_frac` of the axis' log span to its neighbours."""
+    span = max(math.log10(ds[-1] / ds[0]), 1e-9) if ds else 1.0
+    order = [d for d in (keep, ds[0] if ds else None, ds[-1] if ds else None) if d in ds]
+    shown: list[int] = []
+    for d in order + ds:
+        if d not in shown and all(abs(math.log10(d / o)) / span >= min_frac for o in shown):
+            shown.append(d)
+    return [str(d) if d in shown else "" for d in ds]
+
+
 def curve_figure(results: dict, metric: str):
     """The curve as a matplotlib figure from a results dict (D90Result.to_dict(), possibly
     partial, or an old one): metric vs d (log scale) with each seeded point's sd, the full
@@ -479,7 +493,8 @@ def curve_figure(results: dict, metric: str):
         # decade, which leaves a log axis with no labelled tick at all.
         ds = sorted({p["d"] for p in points})
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ds))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([str(d) for d in ds]))
+        labels = _spaced_labels(ds, results.get("d90"))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter(labels))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.tick_params(axis="x", labelrotation=45 if len(ds) > 6 else 0)
     ax.set_xlabel("subspace dimension d")
