@@ -12,6 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,3 +127,37 @@ def start_worker(env: dict, log) -> subprocess.Popen:
          "-P", "solo", "--loglevel=WARNING", "--without-gossip", "--without-mingle"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
+
+
+@contextmanager
+def fresh_database(folder: Path) -> Iterator[str]:
+    """An empty, migrated database for tests that run workers: a worker's sweeper acts on every
+    job in its database, so it must not see other tests' queued or running jobs. A new database
+    on the test PostgreSQL server (dropped afterwards) when PostgreSQL is among the backends,
+    else an SQLite file in `folder`."""
+    from sqlalchemy import create_engine, text
+
+    from app.db.migrate import upgrade
+    from app.db.session import get_engine
+    from tests.integration.conftest import BACKENDS, POSTGRES_URL
+
+    if "postgres" not in BACKENDS:
+        url = f"sqlite:///{folder / 'kilotask.db'}"
+        upgrade(url)
+        yield url
+        return
+    name = f"kilotask_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        from app.config import Settings
+
+        get_engine(Settings(database_url=url)).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -20,8 +20,14 @@ from app.db.migrate import upgrade
 from app.db.models import JobEvent, Task
 from app.db.session import get_engine
 from app.main import create_app
-from tests.integration.conftest import BACKENDS, POSTGRES_URL, new_key
-from tests.integration.services import PostgresCluster, RedisServer, start_worker, worker_env
+from tests.integration.conftest import new_key
+from tests.integration.services import (
+    PostgresCluster,
+    RedisServer,
+    fresh_database,
+    start_worker,
+    worker_env,
+)
 from tests.integration.test_worker_e2e import submit, upload, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,14 +59,12 @@ def redis_server(tmp_path):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def shared_db(tmp_path_factory) -> str:
-    """PostgreSQL when it is among the test backends (CI), else SQLite."""
-    url = POSTGRES_URL if "postgres" in BACKENDS else (
-        f"sqlite:///{tmp_path_factory.mktemp('faults') / 'kilotask.db'}"
-    )  # fmt: skip
-    upgrade(url)
-    return url
+@pytest.fixture()
+def shared_db(tmp_path):
+    """A database of this test's own (PostgreSQL in CI): the workers' sweepers act on every
+    job they see, and other tests leave queued and running jobs behind."""
+    with fresh_database(tmp_path) as url:
+        yield url
 
 
 def _events(settings: Settings, job_id: str) -> list[JobEvent]:

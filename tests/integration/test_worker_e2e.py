@@ -16,7 +16,6 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.db.migrate import upgrade
 from app.db.models import Task
 from app.db.session import session_factory
 from app.engine.artifact import TaskArtifact
@@ -26,6 +25,7 @@ from app.main import create_app
 from app.task_records import artifact_from_row
 from tests.factories import sentiment_rows, write_tsv
 from tests.integration.conftest import new_key
+from tests.integration.services import fresh_database
 from tests.integration.test_d90_api import search_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,17 +34,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def e2e_db_url(tmp_path_factory) -> str:
-    """PostgreSQL when it is among the test backends (CI), else the embedded SQLite: the
-    end-to-end path is slow, so it runs once, on the most production-like database."""
-    from tests.integration.conftest import BACKENDS, POSTGRES_URL
-
-    if "postgres" in BACKENDS:
-        url = POSTGRES_URL  # tenants are fresh per test, so rows of other tests do not matter
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'kilotask.db'}"
-    upgrade(url)
-    return url
+def e2e_db_url(tmp_path_factory):
+    """A database of this module's own (PostgreSQL when it is among the test backends, as in
+    CI): the workers' sweepers act on every job they see, so other tests' jobs must not be
+    there."""
+    with fresh_database(tmp_path_factory.mktemp("e2e")) as url:
+        yield url
 
 
 @pytest.fixture()
