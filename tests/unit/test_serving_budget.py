@@ -166,30 +166,6 @@ def test_rebuilds_on_the_shared_base_equal_reconstruct_bitwise(tiny_bert):
     assert base is cache.base_model(str(tiny_bert))
 
 
-def test_share_keeps_tied_parameters_tied():
-    from torch import nn
-
-    from app.engine.flat import flatten, layout_of, share_
-
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(3, 3)
-            self.b = nn.Linear(3, 3)
-            self.b.weight = self.a.weight
-
-    model = Tied()
-    layout = layout_of(model)
-    before = model.a.weight.detach().clone()
-    flat = flatten(model, layout, "cpu")
-    share_(model, layout, flat)
-    assert model.a.weight is model.b.weight and torch.equal(model.a.weight, before)
-    assert all(
-        p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
-        for p in model.parameters()
-    )
-
-
 def test_lowrank_pins_are_capped_by_their_budget(tiny_bert):
     from app.serving.lowrank_pool import LowRankPool
     from tests.factories import make_lowrank_task

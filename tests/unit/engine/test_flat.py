@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from app.engine.base import load_base, seeded_init_
-from app.engine.flat import bind, flatten, layout_of, skeleton
+from app.engine.flat import bind, flatten, layout_of, share_, skeleton
 from app.engine.reconstruct import add_task_delta_, reconstruct
 from tests.factories import make_task
 
@@ -46,14 +46,17 @@ def test_flat_rebuild_equals_reconstruct_for_said_and_did(tiny_bert):
         torch.testing.assert_close(model(input_ids=ids).logits, want(input_ids=ids).logits)
 
 
-def test_bind_keeps_tied_parameters_tied_and_allocates_no_weights():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(3, 3)
-            self.b = nn.Linear(3, 3)
-            self.b.weight = self.a.weight
+class Tied(nn.Module):
+    """Two layers sharing one weight, as tied embeddings do."""
 
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+
+
+def test_bind_keeps_tied_parameters_tied_and_allocates_no_weights():
     src = Tied()
     layout = layout_of(src)
     assert layout.D == 9 + 3 + 3  # the shared weight counts once
@@ -64,3 +67,16 @@ def test_bind_keeps_tied_parameters_tied_and_allocates_no_weights():
     assert model.a.weight is model.b.weight
     flat.zero_()
     assert model.b.weight.abs().sum() == 0 and src.a.weight.abs().sum() > 0
+
+
+def test_share_keeps_tied_parameters_tied():
+    model = Tied()
+    layout = layout_of(model)
+    before = model.a.weight.detach().clone()
+    flat = flatten(model, layout, "cpu")
+    share_(model, layout, flat)
+    assert model.a.weight is model.b.weight and torch.equal(model.a.weight, before)
+    assert all(
+        p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        for p in model.parameters()
+    )
