@@ -3,8 +3,6 @@ that lost its worker resumes from the previous attempt's file; an ended job leav
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -17,6 +15,7 @@ from app.db.session import get_engine
 from app.leases import LeaseLost, claim
 from app.sweeper import sweep
 from workers import tasks
+from workers.reporter import JobReporter
 
 
 def _full_job(settings, dataset_id: str, model: str) -> str:
@@ -44,31 +43,30 @@ def test_a_full_job_checkpoints_to_the_store_and_resumes_from_it(
     store = CheckpointStore(settings.checkpoint_dir)
     job_id = _full_job(settings, dataset, str(tiny_bert))
     seen: dict = {}
+    on_checkpoint = JobReporter.on_checkpoint
 
-    def take_the_job_away() -> None:  # as a sweeper does once the worker looks dead
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            row = _row(settings, job_id)
-            if row.checkpoint_ref and row.step >= 12:
-                seen.update(ref=row.checkpoint_ref, blob=row.checkpoint,
-                            size=store.path(row.checkpoint_ref).stat().st_size)  # fmt: skip
-                with Session(get_engine(settings)) as session:
-                    past = utcnow() - timedelta(seconds=5)
-                    session.execute(update(Job).where(Job.id == job_id)
-                                    .values(lease_expires_at=past))  # fmt: skip
-                    session.commit()
-                sweep(settings)
-                return
-            time.sleep(0.05)
+    def checkpoint_then_lose_the_job(reporter: JobReporter, step: int) -> None:
+        """After the second checkpoint is written, do what a sweeper does once the worker
+        looks dead: in the training thread itself, so the job cannot finish first."""
+        on_checkpoint(reporter, step)
+        row = _row(settings, job_id)
+        if seen or row.step < 10:
+            return
+        seen.update(ref=row.checkpoint_ref, blob=row.checkpoint,
+                    size=store.path(row.checkpoint_ref).stat().st_size)  # fmt: skip
+        with Session(get_engine(settings)) as session:
+            past = utcnow() - timedelta(seconds=5)
+            session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=past))
+            session.commit()
+        assert sweep(settings).requeued == [job_id]
 
-    thief = threading.Thread(target=take_the_job_away)
-    thief.start()
+    monkeypatch.setattr(JobReporter, "on_checkpoint", checkpoint_then_lose_the_job)
     lease = claim(get_engine(settings), job_id, settings.job_lease_s, settings.db_retry_s)
     with Session(get_engine(settings), expire_on_commit=False) as session:
         job = session.get(Job, job_id)
         with pytest.raises(LeaseLost):  # the job was requeued under it: it writes nothing more
             tasks._run_training(session, job, lease, 5, "cpu")
-    thief.join()
+    monkeypatch.setattr(JobReporter, "on_checkpoint", on_checkpoint)
     assert seen["ref"] == f"{job_id}.attempt-1.ckpt" and seen["blob"] is None
     assert seen["size"] > 100_000  # the weights and Adam moments are in the file, not the row
     queued = _row(settings, job_id)
