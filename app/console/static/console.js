@@ -767,11 +767,18 @@ function servingPage(root, ctx) {
   const resident = h("tbody");
   append(root, [h("h1", {}, "Serving"), status, facts,
     h("table", {}, h("caption", {}, "Tasks resident in the dense cache (SAID, DID, full)"),
-      h("thead", {}, h("tr", {}, ["Task digest", "MiB", "Pinned"].map((c) => h("th", { scope: "col" }, c)))), resident)]);
+      h("thead", {}, h("tr", {}, ["Task", "Digest", "MiB", "Pinned"].map((c) => h("th", { scope: "col" }, c)))), resident)]);
+  const names = new Map(); // digest -> task id, for the tasks this tenant can see
+  let looked = 0;
   const card = (title, rows) => h("section", { class: "card" }, h("h2", {}, title),
     h("dl", { class: "facts" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "number" ? fmt(v, 1) : v)])));
   poll(ctx, 2000, async () => {
     const s = await api("/v1/serving");
+    const unknown = (s.cache?.resident_tasks || []).some((t) => !names.has(t.digest));
+    if (unknown && Date.now() - looked > 30000) { // new digests: look their ids up, not every tick
+      looked = Date.now();
+      for (const t of (await api("/v1/tasks?limit=100")).data) names.set(t.digest, t.id);
+    }
     const c = s.cache || {};
     const l = s.lowrank || {};
     facts.replaceChildren(
@@ -782,9 +789,10 @@ function servingPage(root, ctx) {
         ["Mean rebuild (ms)", c.mean_rebuild_ms]]),
       card("Low-rank pool (mixed in one pass)", [["Resident tasks", l.resident_tasks], ["Resident MiB", l.resident_mb],
         ["Budget MiB", l.budget_mb], ["Hits", l.hits], ["Misses", l.misses], ["Evictions", l.evictions]]));
-    resident.replaceChildren(...(c.resident_tasks || []).map((t) => h("tr", {}, h("td", { class: "mono" }, t.digest),
+    resident.replaceChildren(...(c.resident_tasks || []).map((t) => h("tr", {},
+      h("td", { class: "mono" }, names.get(t.digest) || "(another tenant's)"), h("td", { class: "mono" }, t.digest),
       h("td", { class: "num" }, fmt(t.mb, 1)), h("td", {}, t.pinned ? "yes" : "no"))));
-    if (!(c.resident_tasks || []).length) resident.append(h("tr", {}, h("td", { colspan: 3 }, "No task resident yet.")));
+    if (!(c.resident_tasks || []).length) resident.append(h("tr", {}, h("td", { colspan: 4 }, "No task resident yet.")));
   }, status);
 }
 
