@@ -5,7 +5,8 @@ where g maps each parameter tensor i to one of m groups. Two groupings:
 
 * `layer` (the default for new tasks; the paper's "for m layers, we trade m parameters"): one λ
   for the embeddings, one per transformer layer and one for the rest (pooler, head, norms and
-  shared position tables outside the layers). RoBERTa-large: m = 1 + 24 + 1 = 26.
+  shared position tables outside the layers). RoBERTa-large: m = 1 + 24 + 1 = 26. An
+  encoder-decoder (BART, T5) has one λ per encoder layer and one per decoder layer.
 * `tensor` (kilotask's first SAID, and what a task file without a `said_groups` key means):
   one λ per parameter tensor. RoBERTa-large: m = 393.
 
@@ -25,12 +26,18 @@ SAID_GROUPINGS = ("layer", "tensor")
 DEFAULT_SAID_GROUPS = "layer"
 LEGACY_SAID_GROUPS = "tensor"  # task files written before groupings existed
 
-# A transformer layer's index in a parameter name. The leftmost match names the layer; the part
-# of the name before it names the layer stack (there must be exactly one stack).
+# A transformer layer's index in a parameter name. The leftmost match names the layer (T5's
+# `block.<i>` comes before its sub-layers' `layer.<j>`); the part of the name before it names the
+# layer stack: exactly one, or an encoder and a decoder (BART, T5).
 _ALBERT_LAYER = re.compile(r"(?:^|\.)albert_layer_groups\.(\d+)\.albert_layers\.(\d+)\.")
-_LAYER = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
-# A name with one of these components (outside the layers) belongs to the embeddings group.
-EMBEDDING_PARTS = frozenset({"embeddings", "embeddings_project", "embedding_hidden_mapping_in"})
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|block)\.(\d+)\.")
+# A name with one of these components (outside the layers) belongs to the embeddings group:
+# encoder-only families' embedding modules, and BART's and T5's token/position tables.
+EMBEDDING_PARTS = frozenset(
+    {"embeddings", "embeddings_project", "embedding_hidden_mapping_in"}
+    | {"shared", "embed_tokens", "embed_positions", "layernorm_embedding"}
+)
+_STACK_ROLES = ("encoder", "decoder")  # the two stacks of an encoder-decoder, in λ order
 # Config fields that hold the number of transformer layers (checked against the names found).
 _LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layers", "num_layers")
 
@@ -89,11 +96,31 @@ def _layer_of(name: str) -> tuple[str, tuple[int, ...]] | None:
     return name[: first.start()], tuple(int(g) for g in first.groups())
 
 
+def _stack_labels(stacks: set[str]) -> dict[str, tuple[int, str]] | None:
+    """Stack prefix -> (order, group-name prefix). One stack is unlabelled (`layer.<i>`, as
+    ever); an encoder and a decoder under one parent are different layers, encoder first
+    (`encoder.layer.<i>`, `decoder.layer.<i>`). None for any other set of stacks."""
+    if len(stacks) == 1:
+        return {next(iter(stacks)): (0, "")}
+    split = {s: s.rpartition(".") for s in stacks}
+    roles = {last for _, _, last in split.values()}
+    if len(stacks) != 2 or roles != set(_STACK_ROLES) or len({p for p, _, _ in split.values()}) > 1:
+        return None
+    return {s: (_STACK_ROLES.index(last), last + ".") for s, (_, _, last) in split.items()}
+
+
 def _expected_layers(config) -> int | None:
     if config is None:
         return None
     if getattr(config, "model_type", None) == "albert":  # layers share weights by group
         return int(config.num_hidden_groups) * int(config.inner_group_num)
+    if getattr(config, "is_encoder_decoder", False):  # BART: encoder_layers; T5: num_layers
+        encoder = getattr(config, "encoder_layers", None) or getattr(config, "num_layers", None)
+        decoder = getattr(config, "decoder_layers", None) or getattr(
+            config, "num_decoder_layers", None
+        )
+        if isinstance(encoder, int) and isinstance(decoder, int):
+            return encoder + decoder
     for field in _LAYER_COUNT_FIELDS:
         value = getattr(config, field, None)
         if isinstance(value, int):
@@ -119,10 +146,10 @@ def said_groups(names: Sequence[str], grouping: str, config=None) -> ScaleGroups
             kinds.append("embeddings")
         else:
             kinds.append("rest")
-    layers = sorted({k[1] for k in kinds if isinstance(k, tuple)})
+    labels = _stack_labels(stacks) if stacks else {}
     hint = "; use --said-groups tensor (one λ per tensor) for this model"
     example = ", ".join(list(names)[:3])
-    if not layers:
+    if not stacks:
         raise SubspaceConfigError(
             "cannot group this model's parameters by layer: no parameter name has a layer index "
             f"('encoder.layer.<i>.', 'transformer.layer.<i>.', 'layers.<i>.'; names like {example})"
@@ -133,11 +160,14 @@ def said_groups(names: Sequence[str], grouping: str, config=None) -> ScaleGroups
             "cannot group this model's parameters by layer: no parameter belongs to an "
             f"'embeddings' module (names like {example})" + hint
         )
-    if len(stacks) > 1:
+    if labels is None:
         raise SubspaceConfigError(
             "cannot group this model's parameters by layer: it has more than one stack of "
-            f"layers ({', '.join(sorted(stacks))})" + hint
+            f"layers ({', '.join(sorted(stacks))}) and they are not one encoder and one "
+            "decoder" + hint
         )
+    keys = [(labels[k[0]][0], k[1]) if isinstance(k, tuple) else k for k in kinds]
+    layers = sorted({k for k in keys if isinstance(k, tuple)})
     expected = _expected_layers(config)
     if expected is not None and len(layers) != expected:
         raise SubspaceConfigError(
@@ -147,12 +177,11 @@ def said_groups(names: Sequence[str], grouping: str, config=None) -> ScaleGroups
     index = {key: 1 + i for i, key in enumerate(layers)}
     has_rest = "rest" in kinds
     rest = 1 + len(layers)
-    of_tensor = tuple(
-        0 if k == "embeddings" else rest if k == "rest" else index[k[1]] for k in kinds
-    )
+    of_tensor = tuple(0 if k == "embeddings" else rest if k == "rest" else index[k] for k in keys)
+    prefix = {order: label for order, label in labels.values()}
     group_names = (
         ("embeddings",)
-        + tuple("layer." + ".".join(str(i) for i in key) for key in layers)
+        + tuple(prefix[o] + "layer." + ".".join(str(i) for i in key) for o, key in layers)
         + (("rest",) if has_rest else ())
     )
     return ScaleGroups("layer", group_names, of_tensor)

@@ -11,12 +11,20 @@ LOWRANK_SPEC = "lowrank-v1"
 MAX_RANK = 64
 
 # Linear layers adapted by default, per transformers model type (module-name suffixes, as PEFT's
-# target_modules). Query and value projections of every attention block, as LoRA and VeRA do.
+# target_modules). Query and value projections of every attention block, as LoRA and VeRA do;
+# each family names them its own way. A task file records the targets it resolved, so adding a
+# family here never changes how an existing file rebuilds.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "bert": ("query", "value"),
     "roberta": ("query", "value"),
     "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"),
+    "albert": ("query", "value"),  # one shared layer: its targets are adapted once
+    "deberta-v2": ("query_proj", "value_proj"),
+    "distilbert": ("q_lin", "v_lin"),
     "mpnet": ("q", "v"),
+    "bart": ("q_proj", "v_proj"),  # encoder and decoder self-attention and cross-attention
+    "t5": ("q", "v"),
 }
 
 

@@ -56,11 +56,29 @@ class LowRankLayout:
         return sum(t.out_features * self.rank for t in self.targets)
 
 
+def linear_suffixes(model: nn.Module, seeded: frozenset[str]) -> list[str]:
+    """The last name components of the model's nn.Linear layers outside its seeded head: what
+    `targets` can name (each family names its projections its own way)."""
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+            and not any(name + "." + p in seeded for p, _ in module.named_parameters())
+        }
+    )
+
+
 def layout_for(model: nn.Module, seeded: frozenset[str], config: LowRankConfig) -> LowRankLayout:
     """The layout for `model` (a transformers classifier) whose parameters `seeded` are the
-    head the checkpoint lacks. Raises SubspaceConfigError when no layer matches the targets."""
+    head the checkpoint lacks. Raises SubspaceConfigError, naming the layers there are, when
+    the model type has no default targets or no layer matches the targets."""
     model_type = getattr(getattr(model, "config", None), "model_type", "")
-    suffixes = config.resolved_targets(model_type)
+    try:
+        suffixes = config.resolved_targets(model_type)
+    except SubspaceConfigError as exc:
+        available = ", ".join(linear_suffixes(model, seeded))
+        raise SubspaceConfigError(f"{exc}; its nn.Linear layers are named {available}") from exc
     targets = []
     for name, module in sorted(model.named_modules()):
         if name.rsplit(".", 1)[-1] not in suffixes:
@@ -73,7 +91,7 @@ def layout_for(model: nn.Module, seeded: frozenset[str], config: LowRankConfig) 
     if not targets:
         raise SubspaceConfigError(
             f"no nn.Linear layer of this model is named {', '.join(suffixes)}: pick --targets "
-            "from its module names"
+            f"from its layer names ({', '.join(linear_suffixes(model, seeded))})"
         )
     params = dict(model.named_parameters())
     head = tuple((n, tuple(params[n].shape)) for n in sorted(seeded))
