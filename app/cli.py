@@ -314,10 +314,12 @@ def _train(args: argparse.Namespace) -> int:
         config,
         _method_options(args),
     )
+    from app.engine.metrics import reported
+
     with ProgressBar(disabled=args.quiet) as bar:
         outcome = train_task(req, bar, args.checkpoint, _device(args.device))
     summary = {"eval_accuracy": None}  # stays null without --eval
-    summary.update({f"eval_{k}": v for k, v in outcome.metrics.items()})
+    summary.update(reported(outcome.metrics))
     summary.update(method=args.method, steps=outcome.step)
     if outcome.artifact is None:
         outcome.model.save_pretrained(args.out)

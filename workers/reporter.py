@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, utcnow
+from app.engine.metrics import reported
 from app.engine.trainer import TrainCallbacks
 from app.leases import Lease, LeaseLost, is_unreachable
 
@@ -90,7 +91,7 @@ class JobReporter(TrainCallbacks):
             self.flush()
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        shown = {f"eval_{k}": v for k, v in metrics.items()}
+        shown = reported(metrics)
         self.record({"metrics": shown}, "metrics", step=step, **shown)
         self.flush()
 

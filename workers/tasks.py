@@ -24,6 +24,7 @@ from app.db.models import Dataset, Job, Task
 from app.db.session import get_engine, session_factory
 from app.engine.data import ColumnSpec
 from app.engine.errors import EngineError
+from app.engine.metrics import reported
 from app.engine.pipeline import TrainRequest, train_task
 from app.engine.trainer import TrainConfig, TrainingCancelled
 from app.leases import Lease, LeaseLost, claim
@@ -123,7 +124,7 @@ def _run_training(
             if _failed(reporter, exc, _NO_CHECKPOINT):
                 store.remove(job.id)
             raise
-    metrics = {f"eval_{k}": v for k, v in outcome.metrics.items()}
+    metrics = reported(outcome.metrics)
     artifact = outcome.artifact.with_metrics(metrics) if outcome.artifact is not None else None
     reporter.finish("succeeded", values={"metrics": metrics, **_NO_CHECKPOINT},
                     also=_task_storer(job, artifact))  # fmt: skip

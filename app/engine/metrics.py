@@ -47,3 +47,19 @@ def classification_metrics(
         present = [k for k in range(num_classes) if true_k[k] + pred_k[k]]
         out["f1"] = sum(2 * counts[k][k] / (true_k[k] + pred_k[k]) for k in present) / len(present)
     return out
+
+
+def generalisation(train: dict[str, float], held_out: dict[str, float], metric: str) -> dict:
+    """Train-sample metrics as `train_<name>` and the relative generalisation gap of `metric`,
+    (train - eval) / train as in the paper's §5; no gap where the train metric is 0."""
+    out = {f"train_{k}": v for k, v in train.items()}
+    if train.get(metric):
+        out["gap"] = (train[metric] - held_out[metric]) / abs(train[metric])
+    return out
+
+
+def reported(metrics: dict[str, float]) -> dict[str, float]:
+    """Metric names as jobs, tasks and the CLI show them: held-out ones as `eval_<name>`, the
+    train-sample ones (`train_<name>`) and the relative `gap` as they are."""
+    kept = ("train_", "gap")
+    return {k if k.startswith(kept) else f"eval_{k}": v for k, v in metrics.items()}

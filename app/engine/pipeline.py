@@ -23,15 +23,16 @@ from app.engine.data import (
 from app.engine.errors import DataFormatError, SubspaceConfigError
 from app.engine.groups import DEFAULT_SAID_GROUPS
 from app.engine.methods import TaskSettings, check_settings, get_method
-from app.engine.metrics import classification_metrics
+from app.engine.metrics import classification_metrics, reported
 from app.engine.reconstruct import load_task_model
 from app.engine.trainer import (
     TrainCallbacks,
     TrainConfig,
-    evaluate,
     predict_logits,
     run_context,
+    score,
     train,
+    train_probe,
 )
 
 
@@ -167,8 +168,9 @@ def train_task(
         artifact.theta.to(device), None if artifact.lam is None else artifact.lam.to(device)
     )
     if eval_set is not None and req.storage_dtype != "float32":
-        metrics = evaluate(model, eval_set, req.config, pad_id, device)
-    artifact = replace(artifact, metrics={f"eval_{k}": v for k, v in metrics.items()})
+        probe = train_probe(train_set, req.config.train_eval_rows)
+        metrics = score(model, eval_set, probe, req.config, pad_id, device)
+    artifact = replace(artifact, metrics=reported(metrics))
     return TrainOutcome(
         metrics, result.step, result.history, artifact, model.materialize(), base.tokenizer
     )

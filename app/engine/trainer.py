@@ -31,7 +31,7 @@ from app.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from app.engine.data import batches_per_epoch, make_loader
 from app.engine.errors import SubspaceConfigError
 from app.engine.methods import get_method
-from app.engine.metrics import classification_metrics
+from app.engine.metrics import classification_metrics, generalisation
 from app.engine.subspace import SubspaceModel
 
 FULL_LR = 3e-5
@@ -60,6 +60,9 @@ class TrainConfig:
     metric: str = "accuracy"  # which eval metric picks the best θ_d ("mcc" for CoLA)
     data_seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, see the module docstring
+    # Rows of a fixed sample of the training set scored at each evaluation too: the train
+    # metric and the relative generalisation gap (paper §5). 0 turns it off.
+    train_eval_rows: int = 512
 
     @property
     def lr(self) -> float:
@@ -174,6 +177,26 @@ def evaluate(model: nn.Module, dataset, config: TrainConfig, pad_id: int, device
     return classification_metrics(logits.argmax(-1).tolist(), labels, logits.shape[-1])
 
 
+def score(model: nn.Module, eval_set, probe, config: TrainConfig, pad_id: int, device) -> dict:
+    """Held-out metrics, plus the train sample's and the gap when there is a `probe`."""
+    metrics = evaluate(model, eval_set, config, pad_id, device)
+    if probe is not None:
+        train_metrics = evaluate(model, probe, config, pad_id, device)
+        metrics |= generalisation(train_metrics, metrics, config.metric)
+    return metrics
+
+
+def train_probe(train_set, rows: int) -> list | None:
+    """A fixed sample of `rows` training rows (the same for every run on this data, whatever
+    the seeds) to score at each evaluation for the generalisation gap."""
+    if rows <= 0:
+        return None
+    if rows >= len(train_set):
+        return [train_set[i] for i in range(len(train_set))]
+    picked = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:rows]
+    return [train_set[i] for i in sorted(picked.tolist())]
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in _trainable(model).items()}
 
@@ -205,6 +228,8 @@ def train(
     eval_every = config.eval_every or per_epoch
     context = run_context(config, device)
     autocast = context["precision"] == "bf16"
+
+    probe = train_probe(train_set, config.train_eval_rows) if eval_set is not None else None
 
     step, best_metric, best_step, best_state, history = 0, -math.inf, 0, None, []
     if checkpoint_path:
@@ -238,7 +263,7 @@ def train(
         nonlocal best_metric, best_step, best_state
         if eval_set is None:
             return
-        metrics = evaluate(model, eval_set, config, pad_id, device)
+        metrics = score(model, eval_set, probe, config, pad_id, device)
         history.append({"step": step, **metrics})
         callbacks.on_eval(step, metrics)
         if metrics[config.metric] > best_metric:

@@ -71,7 +71,6 @@ def test_train_watch_and_try_a_task_in_the_browser(page, server, glue_dir, tmp_p
     page.locator("#text_column option[value=sentence]").wait_for(state="attached")
     page.get_by_label("Text column", exact=True).select_option("sentence")
     page.get_by_label("Label column").select_option("label")
-    page.locator("#model-ids option[value='minilm-l6']").wait_for(state="attached")
     page.get_by_label("Base model").fill(str(tiny_bert))  # a tiny BERT: seconds, not minutes
     page.get_by_label("Method", exact=True).select_option("said")
     page.get_by_label("Subspace dimension d").fill("1000")
@@ -145,9 +144,27 @@ def test_train_watch_and_try_a_task_in_the_browser(page, server, glue_dir, tmp_p
     page.wait_for_function("() => document.body.innerText.includes('Mean batch size')")
     page.screenshot(path=artifacts / "serving.png")
 
-    # a d90 search started over REST shows its points as runs finish, the 90 % line, the bracket
+    # the jobs page follows a job started elsewhere (over REST) from queued to succeeded in place
     rows = write_tsv(tmp_path / "sentiment.tsv", sentiment_rows(256, seed=1)).read_bytes()
     ds = _upload(server, "sentiment.tsv", rows)
+    other = server.call("/v1/jobs", {"model": str(tiny_bert), "train_dataset": ds,
+                                     "eval_dataset": ds, "method": "did", "dim": 100,
+                                     "hyperparameters": {"max_steps": 200, "batch_size": 8,
+                                                         "max_length": 16}})  # fmt: skip
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    status = page.locator(f"tr[data-job='{other['id']}'] .badge")
+    status.wait_for()
+    page.evaluate("() => { window.notReloaded = true; }")
+    seen = [status.inner_text()]
+    while seen[-1] != "succeeded" and len(seen) < 1200:
+        time.sleep(0.25)
+        seen.append(status.inner_text())
+    assert seen[0] in ("queued", "running") and seen[-1] == "succeeded", seen
+    assert page.evaluate("() => window.notReloaded") is True
+    assert "accuracy" in page.locator(f"tr[data-job='{other['id']}']").inner_text()
+    page.screenshot(path=artifacts / "jobs.png")
+
+    # a d90 search started over REST shows its points as runs finish, the 90 % line, the bracket
     search = server.call("/v1/intrinsic-dimension", {
         "model": str(tiny_bert), "train_dataset": ds, "eval_dataset": ds, "method": "said",
         "min_d": 10, "max_d": 3000, "sweep_points": 3, "lr_grid": [0.3], "full_lr_grid": [1e-2],

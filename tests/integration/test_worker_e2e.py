@@ -186,6 +186,10 @@ def test_submit_train_download_import_and_predict(stack, tiny_bert, tmp_path):
     from_db = predict_task(stored, data)
     assert from_file.labels == from_db.labels and from_file.scores == from_db.scores
     assert from_file.metrics["accuracy"] == done["metrics"]["eval_accuracy"]
+    train, held_out = done["metrics"]["train_accuracy"], done["metrics"]["eval_accuracy"]
+    assert done["metrics"]["gap"] == pytest.approx((train - held_out) / train)  # paper §5
+    task = client.get(f"/v1/tasks/{done['task_id']}", headers=auth).json()
+    assert task["metrics"] == done["metrics"]  # the task carries them too
 
 
 def test_cancel_stops_a_running_job(stack, tiny_bert, tmp_path):

@@ -50,9 +50,18 @@ function badge(status) {
   return h("span", { class: `badge ${status}` }, status);
 }
 
+/** Held-out metrics (eval_*) and the relative generalisation gap (train - eval) / train. */
 function metricsText(metrics) {
-  const shown = Object.entries(metrics || {}).filter(([k, v]) => k.startsWith("eval_") && typeof v === "number");
-  return shown.map(([k, v]) => `${k.slice(5)} ${fmt(v)}`).join(", ");
+  const m = metrics || {};
+  const shown = Object.entries(m).filter(([k, v]) => k.startsWith("eval_") && typeof v === "number");
+  const parts = shown.map(([k, v]) => `${k.slice(5)} ${fmt(v)}`);
+  if (typeof m.gap === "number") parts.push(`gap ${fmt(m.gap, 3)}`);
+  return parts.join(", ");
+}
+
+function trainMetricsText(metrics) {
+  const shown = Object.entries(metrics || {}).filter(([k, v]) => k.startsWith("train_") && typeof v === "number");
+  return shown.map(([k, v]) => `${k.slice(6)} ${fmt(v)}`).join(", ");
 }
 
 // ---------- API ----------
@@ -253,7 +262,9 @@ function jobPage(root, ctx, jobId) {
         if (event.type === "progress" && typeof d.loss === "number") losses.push([d.step, d.loss]);
         if (event.type === "metrics") {
           for (const [k, v] of Object.entries(d)) {
-            if (k.startsWith("eval_") && typeof v === "number") (evals[k.slice(5)] ||= []).push([d.step, v]);
+            if (typeof v !== "number") continue;
+            if (k.startsWith("eval_")) (evals[k.slice(5)] ||= []).push([d.step, v]);
+            if (k.startsWith("train_")) (evals[`train ${k.slice(6)}`] ||= []).push([d.step, v]);
           }
         }
       }
@@ -262,7 +273,7 @@ function jobPage(root, ctx, jobId) {
     head.replaceChildren(jobSummary(job, ctx));
     lossChart.replaceChildren(lineChart({ title: "Training loss", x: "step", y: "loss",
       series: [{ name: "loss", points: losses }] }));
-    evalChart.replaceChildren(lineChart({ title: "Evaluation metrics", x: "step", y: "metric",
+    evalChart.replaceChildren(lineChart({ title: "Evaluation metrics (held out, and on a train sample)", x: "step", y: "metric",
       series: Object.entries(evals).map(([name, points]) => ({ name, points })), dots: true }));
     eventsList.replaceChildren(...events.slice(-100).reverse().map((e) => h("tr", {},
       h("td", { class: "num" }, e.id), h("td", {}, e.type), h("td", {}, when(e.created_at)),
@@ -296,6 +307,7 @@ function jobSummary(job, ctx) {
   const rows = [["Status", badge(job.status)], ["Progress", progressBar(job)], ["Method", job.method],
     ["Model", job.model], ["d", job.kind === "d90" ? "" : job.dim], ["Seed", job.seed],
     ["Attempts", job.attempts], ["Metrics", metricsText(job.metrics)],
+    ["On a train sample", trainMetricsText(job.metrics)],
     ["Created", when(job.created_at)], ["Started", when(job.started_at)], ["Finished", when(job.finished_at)]];
   if (job.error) rows.push(["Error", `${job.error.code}: ${job.error.message}`]);
   void ctx;

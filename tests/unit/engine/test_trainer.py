@@ -5,7 +5,7 @@ from app.engine.artifact import TaskArtifact
 from app.engine.data import read_table  # noqa: I001
 from app.engine.errors import CheckpointError
 from app.engine.pipeline import TrainRequest, predict_task, train_task
-from app.engine.trainer import TrainCallbacks, TrainConfig, TrainingCancelled
+from app.engine.trainer import TrainCallbacks, TrainConfig, TrainingCancelled, train_probe
 from tests.factories import sentiment_rows, write_tsv
 
 
@@ -76,7 +76,28 @@ def test_rebuilt_task_predicts_exactly_what_training_reported(tiny_bert, data, t
     path = tmp_path / "task.safetensors"
     out.artifact.save(path)
     pred = predict_task(TaskArtifact.load(path), data[1])
-    assert pred.metrics == out.metrics
+    assert pred.metrics == {k: v for k, v in out.metrics.items() if k in pred.metrics}
+    assert "train_accuracy" in out.metrics and "gap" in out.metrics  # the probe, rescored too
+
+
+def test_each_evaluation_scores_a_fixed_train_sample_and_the_relative_gap(tiny_bert, data):
+    out = train_task(request(tiny_bert, data, max_steps=8, train_eval_rows=20))
+    for h in out.history:
+        assert h["gap"] == pytest.approx(
+            (h["train_accuracy"] - h["accuracy"]) / h["train_accuracy"]
+        )
+    assert out.artifact.metrics["train_accuracy"] == out.metrics["train_accuracy"]
+    assert out.artifact.metrics["gap"] == out.metrics["gap"]  # not renamed eval_gap
+    off = train_task(request(tiny_bert, data, max_steps=8, train_eval_rows=0))
+    assert not any(k.startswith("train_") or k == "gap" for k in off.metrics)
+    assert off.metrics["accuracy"] == out.metrics["accuracy"]  # scoring it changes no training
+
+
+def test_the_train_sample_is_the_same_for_every_run():
+    rows = [{"input_ids": [i]} for i in range(100)]
+    assert train_probe(rows, 10) == train_probe(rows, 10) and len(train_probe(rows, 10)) == 10
+    assert train_probe(rows, 10) != rows[:10]  # spread over the set, not its head
+    assert train_probe(rows, 500) == rows and train_probe(rows, 0) is None
 
 
 def test_full_finetuning_learns_the_toy_task(tiny_bert, data):
@@ -136,4 +157,4 @@ def test_sentence_pairs_three_classes_and_epochs(tiny_bert, tmp_path):
     assert {"accuracy", "mcc", "f1"} <= out.metrics.keys()
     assert out.metrics["f1"] == max(h["f1"] for h in out.history)
     pred = predict_task(out.artifact, data)
-    assert pred.metrics == out.metrics
+    assert pred.metrics == {k: v for k, v in out.metrics.items() if k in pred.metrics}
