@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.browser import conftest as c  # noqa: E402
-from tests.browser.test_console import _sst2_subset, _upload  # noqa: E402
+from tests.browser.test_console import _sst2_subset  # noqa: E402
 
 GLUE = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 JOB = {"model": "minilm-l6", "method": "lowrank", "dim": 1000,
@@ -31,21 +29,10 @@ JOB = {"model": "minilm-l6", "method": "lowrank", "dim": 1000,
                            "eval_every": 25, "learning_rate": 0.2}}  # fmt: skip
 
 
-def wait_until_up(url: str) -> None:
-    for _ in range(400):
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                if (json.loads(r.read()).get("worker") or {}).get("state") == "up":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("kilotask serve did not come up")
-
-
-def shoot(url: str, server: c.Server, out: Path) -> None:
-    train = _upload(server, "sst2-train.tsv", _sst2_subset(GLUE, out, "train", 4000).read_bytes())
-    dev = _upload(server, "sst2-dev.tsv", _sst2_subset(GLUE, out, "dev", 872).read_bytes())
+def shoot(server: c.Server, out: Path) -> None:
+    url = server.url
+    train = server.upload("sst2-train.tsv", _sst2_subset(GLUE, out, "train", 4000).read_bytes())
+    dev = server.upload("sst2-dev.tsv", _sst2_subset(GLUE, out, "dev", 872).read_bytes())
     job = server.call("/v1/jobs", JOB | {"train_dataset": train, "eval_dataset": dev})
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=c.CHROMIUM, args=["--no-sandbox"])
@@ -70,19 +57,8 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/console-shots")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    port, data = c.free_port(), out / "data"
-    env = dict(os.environ, KILOTASK_DATA_DIR=str(data), HF_HUB_OFFLINE="1")
-    url = f"http://127.0.0.1:{port}"
-    with open(out / "serve.log", "wb") as log:
-        serve = subprocess.Popen([c.KILOTASK, "serve", "--port", str(port)], env=env, cwd=out,
-                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            wait_until_up(url)
-            key = (data / "api_key").read_text().strip()
-            shoot(url, c.Server(url, key, out / "serve.log"), out)
-        finally:
-            serve.terminate()
-            serve.wait()
+    with c.serving(out, timeout=200) as server:
+        shoot(server, out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,18 @@ class Server:
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
 
+    def upload(self, name: str, content: bytes) -> str:
+        """POST a dataset file (multipart, columns auto-detected); returns its id."""
+        boundary = "kilotaskboundary"
+        data = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{name}"\r\n\r\n').encode() + content + (
+                f"\r\n--{boundary}--\r\n").encode()  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.key}",
+                   "Content-Type": f"multipart/form-data; boundary={boundary}"}  # fmt: skip
+        req = urllib.request.Request(self.url + "/v1/datasets", data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())["id"]
+
     def wait_job(self, job_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -56,20 +70,21 @@ def artifacts() -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Server:
-    tmp = tmp_path_factory.mktemp("console-serve")
-    port, data = free_port(), tmp / "data"
+@contextmanager
+def serving(folder: Path, timeout: float = 90) -> Iterator[Server]:
+    """`kilotask serve` on embedded defaults in `folder`, on a free port, until its worker is
+    up; stopped when the block ends."""
+    port, data = free_port(), folder / "data"
     env = dict(os.environ, KILOTASK_DATA_DIR=str(data), HF_HUB_OFFLINE="1")
     for name in ("KILOTASK_DATABASE_URL", "KILOTASK_BROKER_URL"):
         env.pop(name, None)
-    log = tmp / "serve.log"
+    log = folder / "serve.log"
     with open(log, "wb") as out:
-        serve = subprocess.Popen([KILOTASK, "serve", "--port", str(port)], env=env, cwd=tmp,
+        serve = subprocess.Popen([KILOTASK, "serve", "--port", str(port)], env=env, cwd=folder,
                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
@@ -85,6 +100,12 @@ def server(tmp_path_factory) -> Server:
     finally:
         serve.terminate()
         serve.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("console-serve")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

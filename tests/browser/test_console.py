@@ -74,10 +74,12 @@ def test_train_watch_and_try_a_task_in_the_browser(page, server, glue_dir, tmp_p
     page.get_by_label("Base model").fill(str(tiny_bert))  # a tiny BERT: seconds, not minutes
     page.get_by_label("Method", exact=True).select_option("said")
     page.get_by_label("Subspace dimension d").fill("1000")
-    page.get_by_label("Training steps").fill("120")
+    page.get_by_label("Training steps").fill(
+        "600"
+    )  # long enough (seconds) to be seen growing on a quiet machine
     page.get_by_label("Batch size").fill("16")
     page.get_by_label("Max length (tokens)").fill("64")
-    page.get_by_label("Evaluate every (steps)").fill("30")
+    page.get_by_label("Evaluate every (steps)").fill("150")
     page.screenshot(path=artifacts / "new-job.png")
     page.get_by_role("button", name="Start job").click()
 
@@ -98,7 +100,7 @@ def test_train_watch_and_try_a_task_in_the_browser(page, server, glue_dir, tmp_p
         job = server.call(f"/v1/jobs/{job_id}")
         raise AssertionError(f"job {job_id} did not succeed in the page: {job}")
     page.locator("#job-task").wait_for()
-    page.wait_for_function("() => document.querySelector('#loss-chart svg').dataset.count == 120")
+    page.wait_for_function("() => document.querySelector('#loss-chart svg').dataset.count == 600")
     assert page.evaluate("() => window.notReloaded") is True  # it grew in place, no reload
     grew = sorted(set(losses))
     assert len(grew) >= 4 and losses == sorted(losses), losses  # the curve grew while it ran
@@ -146,7 +148,7 @@ def test_train_watch_and_try_a_task_in_the_browser(page, server, glue_dir, tmp_p
 
     # the jobs page follows a job started elsewhere (over REST) from queued to succeeded in place
     rows = write_tsv(tmp_path / "sentiment.tsv", sentiment_rows(256, seed=1)).read_bytes()
-    ds = _upload(server, "sentiment.tsv", rows)
+    ds = server.upload("sentiment.tsv", rows)
     other = server.call("/v1/jobs", {"model": str(tiny_bert), "train_dataset": ds,
                                      "eval_dataset": ds, "method": "did", "dim": 100,
                                      "hyperparameters": {"max_steps": 200, "batch_size": 8,
@@ -199,25 +201,6 @@ def test_train_watch_and_try_a_task_in_the_browser(page, server, glue_dir, tmp_p
     assert page.dialogs == []
 
 
-def _upload(server, name: str, content: bytes, **columns) -> str:
-    import json
-    import urllib.request
-
-    boundary = "kilotaskboundary"
-    parts = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in columns.items()
-    )
-    data = parts + (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-                    f'filename="{name}"\r\n\r\n').encode() + content + (
-                    f"\r\n--{boundary}--\r\n").encode()  # fmt: skip
-    req = urllib.request.Request(server.url + "/v1/datasets", data=data, headers={
-        "Authorization": f"Bearer {server.key}",
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())["id"]
-
-
 def test_hostile_strings_are_shown_as_text(page, server, tmp_path, artifacts, tiny_bert):
     rows = [{"sentence": f"{HOSTILE} {r['sentence']}", "label": HOSTILE if r["label"] == "1"
              else "<script>alert(2)</script>"} for r in sentiment_rows(64, seed=2)]  # fmt: skip
@@ -244,7 +227,7 @@ def test_hostile_strings_are_shown_as_text(page, server, tmp_path, artifacts, ti
     assert HOSTILE in info.inner_text() and "<script>alert(2)</script>" in info.inner_text()
 
     # a task trained on it: its labels in the tasks table and the playground, as text
-    ds = _upload(server, "data.tsv", hostile_file.read_bytes())
+    ds = server.upload("data.tsv", hostile_file.read_bytes())
     job = server.call("/v1/jobs", {"model": str(tiny_bert), "train_dataset": ds, "method": "said",
                                    "dim": 50, "hyperparameters": {"max_steps": 4, "batch_size": 8,
                                                                   "max_length": 16}})  # fmt: skip
