@@ -11,6 +11,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+# app.engine.task_types' names, spelled out so that parsing arguments imports no torch (a unit
+# test checks that they match)
+TASK_TYPES = ("classification", "regression")
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time unless asked
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -72,6 +77,15 @@ def _method_options(args: argparse.Namespace) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items() if v is not None}
 
 
+def _add_task(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        choices=TASK_TYPES,
+        help="classification (the default) or regression (one output, MSE, Pearson/Spearman); "
+        "a label column of many distinct numbers needs it said",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kilotask", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: per epoch)")
+    _add_task(t)
     t.add_argument(
         "--metric",
-        default="accuracy",
-        choices=["accuracy", "f1", "mcc"],
-        help="eval metric that picks the best θ_d",
+        choices=METRICS,
+        help="eval metric that picks the best θ_d (default: accuracy; regression: pearson)",
     )
     t.add_argument("--warmup-ratio", type=float, default=0.06)
     t.add_argument("--data-seed", type=int, default=0, help="shuffling and dropout seed")
@@ -117,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("predict", help="classify rows with a task file (or a server's task)")
+    p = sub.add_parser("predict", help="predict rows with a task file (or a server's task)")
     p.add_argument("task", help="task .safetensors file, or a task id with --server")
     p.add_argument("--input", required=True, help="CSV, TSV or JSONL file with a header")
     _add_columns(p)
@@ -166,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget-steps", type=int, default=200, help="training steps per run")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-length", type=int, default=128)
-    d.add_argument("--metric", choices=["accuracy", "f1", "mcc"], default="accuracy")
+    _add_task(d)
+    d.add_argument("--metric", choices=METRICS, help="default: accuracy; regression: pearson")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     d.add_argument("--out", default="d90-out", help="output folder (resumed if it holds a search)")
@@ -312,13 +327,15 @@ def _train(args: argparse.Namespace) -> int:
         args.max_length,
         args.dtype,
         config,
+        args.task,
         _method_options(args),
     )
     from app.engine.metrics import reported
 
     with ProgressBar(disabled=args.quiet) as bar:
         outcome = train_task(req, bar, args.checkpoint, _device(args.device))
-    summary = {"eval_accuracy": None}  # stays null without --eval
+    metric = args.metric or ("pearson" if args.task == "regression" else "accuracy")
+    summary = {f"eval_{metric}": None}  # stays null without --eval
     summary.update(reported(outcome.metrics))
     summary.update(method=args.method, steps=outcome.step)
     if outcome.artifact is None:
@@ -346,11 +363,13 @@ def _d90(args: argparse.Namespace) -> int:
         args.budget_steps,
         args.batch_size,
         args.max_length,
-        args.metric,
+        args.metric or ("pearson" if args.task == "regression" else "accuracy"),
         args.seed,
         tuple(sorted(_method_options(args).items())),
         precision=args.precision,
+        task_type=args.task,
     )
+    setup.space(train_data).check_metric(setup.metric)
     plan = D90Plan(
         method=args.method,
         min_d=args.min_d,
@@ -390,30 +409,33 @@ def _d90(args: argparse.Namespace) -> int:
     print(json.dumps({"d90": result.d90, "d90_text": result.d90_text,
                       "censored": result.censored, "monotone": result.monotone,
                       "bracket": result.bracket, "full": result.full_metric,
-                      "bar": result.bar, "majority": result.floor,
+                      "bar": result.bar, "floor": result.floor,
+                      **({} if args.task == "regression" else {"majority": result.floor}),
                       "degenerate": result.degenerate, "out": args.out}))  # fmt: skip
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from app.engine.data import ColumnSpec, read_table
-    from app.engine.metrics import classification_metrics
 
     if args.server:
         from app.client import KilotaskClient
+        from app.engine.task_types import OutputSpace
 
         client = KilotaskClient(args.server, args.api_key or os.environ.get("KILOTASK_API_KEY"))
         meta = client.task(args.task)
-        text_col, pair_col, labels = (
-            meta["text_column"],
-            meta["text_pair_column"],
-            meta["label_names"],
+        text_col, pair_col = meta["text_column"], meta["text_pair_column"]
+        stats = meta.get("target_stats")
+        space = OutputSpace(
+            meta.get("task_type") or "classification",
+            tuple(meta["label_names"]),
+            None if stats is None else tuple(stats),
         )
     else:
         from app.engine.artifact import TaskArtifact
 
         task = TaskArtifact.load(args.task)
-        text_col, pair_col, labels = task.text_column, task.text_pair_column, task.labels
+        text_col, pair_col, space = task.text_column, task.text_pair_column, task.space
     columns = ColumnSpec(
         args.text_column or text_col, args.text_pair_column or pair_col, args.label_column
     )
@@ -421,23 +443,15 @@ def _predict(args: argparse.Namespace) -> int:
         args.input, columns, require_labels=args.label_column is not None, names=args.columns
     )
     if args.server:
-        scores = client.infer(args.task, data.texts, data.text_pairs, args.batch_size)
-        predicted = [labels[max(range(len(row)), key=row.__getitem__)] for row in scores]
+        rows = client.infer(args.task, data.texts, data.text_pairs, args.batch_size)
     else:
         from app.engine.pipeline import predict_task
 
-        result = predict_task(task, data, args.model, args.batch_size, _device(args.device))
-        scores, predicted = result.scores, result.labels
-    for label, row in zip(predicted, scores, strict=True):
-        print(json.dumps({"label": label, "scores": dict(zip(labels, row, strict=True))}))
+        rows = predict_task(task, data, args.model, args.batch_size, _device(args.device)).outputs
+    for row in rows:
+        print(json.dumps(row))
     if data.labels is not None:
-        from app.engine.data import encode_labels
-
-        index = {name: i for i, name in enumerate(labels)}
-        metrics = classification_metrics(
-            [index[p] for p in predicted], encode_labels(data.labels, labels), len(labels)
-        )
-        print(json.dumps({**metrics, "rows": len(predicted)}))
+        print(json.dumps({**space.score_rows(rows, data.labels), "rows": len(rows)}))
     return 0
 
 

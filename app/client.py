@@ -43,15 +43,15 @@ class KilotaskClient:
 
     def infer(
         self, task_id: str, texts: list[str], pairs: list[str] | None, batch_size: int
-    ) -> list[list[float]]:
-        """Scores per row, in the task's label order, sent in requests of `batch_size` rows."""
-        labels = self.task(task_id)["label_names"]
-        scores: list[list[float]] = []
+    ) -> list[dict]:
+        """One output per row, as /v1/infer gives it without index and task ({"label",
+        "scores"}, or {"score"} for regression), sent in requests of `batch_size` rows."""
+        rows: list[dict] = []
         for lo in range(0, len(texts), batch_size):
             inputs = [{"task": task_id, "text": t or " "} for t in texts[lo : lo + batch_size]]
             if pairs is not None:
                 for item, pair in zip(inputs, pairs[lo : lo + batch_size], strict=True):
                     item["text_pair"] = pair
             out = self._call("POST", "/v1/infer", {"inputs": inputs})["outputs"]
-            scores.extend([o["scores"][label] for label in labels] for o in out)
-        return scores
+            rows.extend({k: v for k, v in o.items() if k not in ("index", "task")} for o in out)
+        return rows

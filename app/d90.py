@@ -23,6 +23,7 @@ from app.engine.data import LabelledText
 from app.engine.errors import EngineError, SubspaceConfigError
 from app.engine.intrinsic import D90Plan, D90Result, DPoint, Run, conclude, dev_stderr, search_d90
 from app.engine.pipeline import TrainRequest, train_task
+from app.engine.task_types import OutputSpace, fit_output_space
 from app.engine.trainer import TrainCallbacks, TrainConfig
 
 STATE = "state.json"
@@ -47,11 +48,12 @@ class D90Setup:
     budget_steps: int
     batch_size: int = 32
     max_length: int = 128
-    metric: str = "accuracy"  # accuracy, f1 or mcc (CoLA)
+    metric: str = "accuracy"  # accuracy, f1 or mcc (CoLA); regression: pearson or spearman
     seed: int = 0
     options: tuple[tuple[str, object], ...] = ()  # method options (said_groups; lowrank: rank…)
     precision: str = "fp32"  # every run's TrainConfig.precision: fp32 or bf16
     device: str | None = None  # the device type every run trains on (run_d90 sets it)
+    task_type: str | None = None  # None: classification (app/engine/task_types.py)
 
     def _settings(self) -> dict:
         """asdict without what older searches did not record, when it has the value they all
@@ -67,7 +69,13 @@ class D90Setup:
             del out["precision"]
         if self.device in (None, "cpu"):
             del out["device"]
+        if self.task_type in (None, "classification"):
+            del out["task_type"]
         return out
+
+    def space(self, train: LabelledText) -> OutputSpace:
+        """The output space every run of this search trains (from the training labels)."""
+        return fit_output_space(self.task_type, train.labels or [])
 
     def fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
         return _digest([self._settings(), plan.settings()], train, eval_)
@@ -241,7 +249,7 @@ def run_d90(
     def on_point(result: D90Result) -> None:
         emit("point", asdict(result.points[-1]) | {"partial": result.to_dict()})
 
-    floor = majority_score(train, eval_, setup.metric)
+    floor = setup.space(train).constant_score(train.labels, eval_.labels, setup.metric)
     result = search_d90(
         plan,
         lambda *r: run_here(*r)[0],
@@ -292,6 +300,7 @@ def train_run(
         setup.seed + seed,
         setup.max_length,
         config=config,
+        task_type=setup.task_type,
         options={} if kind == "full" else dict(setup.options),
     )
     outcome = train_task(req, callbacks, device=device)
@@ -305,26 +314,14 @@ def metric_stderr(
     """The standard error of a dev metric value on `eval_` (engine.intrinsic.dev_stderr); a
     binary F1 is of the second label in sorted order, as app.engine.metrics scores it, and
     more labels give macro-F1."""
-    from app.engine.data import label_names_from
-
     labels = eval_.labels or []
-    names = label_names_from((train.labels or []) + labels)
-    positives = sum(label == names[1] for label in labels) if len(names) == 2 else None
+    positives = None
+    if metric == "f1":
+        from app.engine.data import label_names_from
+
+        names = label_names_from((train.labels or []) + labels)
+        positives = sum(label == names[1] for label in labels) if len(names) == 2 else None
     return lambda value: dev_stderr(metric, value, len(labels), positives)
-
-
-def majority_score(train: LabelledText, eval_: LabelledText, metric: str) -> float:
-    """The metric of always predicting the training set's most frequent label on `eval_`."""
-    from collections import Counter
-
-    from app.engine.data import label_names_from
-    from app.engine.metrics import classification_metrics
-
-    names = label_names_from((train.labels or []) + (eval_.labels or []))
-    index = {name: i for i, name in enumerate(names)}
-    majority = Counter(train.labels).most_common(1)[0][0]
-    truth = [index[label] for label in eval_.labels or []]
-    return classification_metrics([index[majority]] * len(truth), truth, len(names))[metric]
 
 
 @functools.lru_cache(maxsize=8)
@@ -340,10 +337,7 @@ def _dim_range(
 
 
 def _method_range(setup: D90Setup, method: str, train: LabelledText) -> tuple[int, int]:
-    from app.engine.data import label_names_from
-
-    num_labels = len(label_names_from(train.labels or []))
-    return _dim_range(setup.model, num_labels, setup.seed, method, setup.options)
+    return _dim_range(setup.model, setup.space(train).size, setup.seed, method, setup.options)
 
 
 def scale_info(setup: D90Setup, method: str, train: LabelledText) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.engine.data import ColumnSpec, LabelledText, label_names_from, read_table
 from app.engine.errors import DataFormatError
+from app.engine.task_types import fit_output_space
 from app.errors import InvalidInputError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -76,3 +77,12 @@ def inspect_upload(
     return UploadSummary(
         len(data.texts), data.all_columns, data.columns, counts, hashlib.sha256(content).hexdigest()
     )
+
+
+def check_task_type(label_counts: dict, task_type: str | None, metric: str | None) -> None:
+    """Refuse at submission (422, from DataFormatError) a job or search whose training labels
+    do not fit its task type or metric, rather than failing it on a worker later: a numeric
+    column with no task type, a non-number for regression, accuracy for regression."""
+    space = fit_output_space(task_type, list(label_counts))
+    if metric is not None:
+        space.check_metric(metric)

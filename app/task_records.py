@@ -46,6 +46,8 @@ def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> 
         rank=art.rank,
         targets=art.targets,
         said_groups=art.said_groups,
+        task_type=art.task_type,
+        target_stats=art.target_stats,
     )
 
 
@@ -69,4 +71,6 @@ def artifact_from_row(row: Task) -> TaskArtifact:
         rank=row.rank,
         targets=row.targets,
         said_groups=row.said_groups,
+        task_type=row.task_type,
+        target_stats=row.target_stats,
     )

@@ -68,6 +68,21 @@ def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def rating_rows(n: int, seed: int = 0) -> list[dict]:
+    """Regression rows: the score (a float, 0 to 4.9) is the number of positive words among
+    four sentiment words, plus a little noise, so that it is learnable in a few steps."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        positives = rng.randint(0, 4)
+        words = rng.sample(POSITIVE, positives) + rng.sample(NEGATIVE, 4 - positives)
+        words += rng.sample(WORDS[10:], 2)
+        rng.shuffle(words)
+        score = positives + rng.random() * 0.9
+        rows.append({"sentence": " ".join(words), "score": f"{score:.3f}"})
+    return rows
+
+
 def write_tsv(path: Path, rows: list[dict]) -> Path:
     cols = list(rows[0])
     lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
@@ -115,7 +130,8 @@ def make_lowrank_task(
     gen_seed: int = 0,
     **overrides,
 ):
-    """A lowrank TaskArtifact for the base at `model_id` with random θ (and λ near 1)."""
+    """A lowrank TaskArtifact for the base at `model_id` with random θ (and λ near 1); with
+    num_labels=1 a regression task (targets of mean 2.5 and std 1.5)."""
     from app.engine.artifact import TaskArtifact
     from app.engine.base import load_base
     from app.engine.lowrank import LowRankConfig, LowRankModel
@@ -131,7 +147,7 @@ def make_lowrank_task(
         method="lowrank",
         dim=dim,
         D=model.D,
-        labels=[str(k) for k in range(num_labels)],
+        labels=[str(k) for k in range(num_labels)] if num_labels > 1 else [],
         text_column="sentence",
         text_pair_column=None,
         max_length=16,
@@ -140,5 +156,7 @@ def make_lowrank_task(
         spec="lowrank-v1",
         **model.artifact_fields(),
     )
+    if num_labels == 1:
+        fields.update(task_type="regression", target_stats=[2.5, 1.5])
     fields.update(overrides)
     return TaskArtifact(**fields)

@@ -58,6 +58,7 @@ def setup_and_plan(job: Job, hp: dict | None = None) -> tuple[D90Setup, D90Plan]
                      for k, v in (job.options or {}).items())),
         hp.get("precision", "fp32"),
         hp.get("device"),  # the search's device type, recorded when it starts: helpers match it
+        job.task_type,
     )  # fmt: skip
     plan = D90Plan(
         method=job.method,

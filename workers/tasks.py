@@ -106,6 +106,7 @@ def _run_training(
                 max_length,
                 storage_dtype,
                 config,
+                job.task_type,
                 dict(job.options or {}),
             )
             session.commit()  # end the read transaction: training holds no connection

@@ -92,6 +92,7 @@ class Job(Base):
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("dataset.id"))
     hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
     options: Mapped[dict | None] = mapped_column(JSON)  # method options (lowrank: rank, targets)
+    task_type: Mapped[str | None] = mapped_column(String(16))  # None: classification
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -177,4 +178,7 @@ class Task(Base):
     targets: Mapped[str | None] = mapped_column(String(255))  # lowrank only, comma-separated
     # SAID only: "layer" or "tensor" (None: a task from before groupings, one λ per tensor)
     said_groups: Mapped[str | None] = mapped_column(String(16))
+    # "classification" or "regression" (None: a task from before regression, a classifier)
+    task_type: Mapped[str | None] = mapped_column(String(16))
+    target_stats: Mapped[list | None] = mapped_column(JSON)  # regression: [mean, std]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -24,6 +24,7 @@ from app.engine.errors import ArtifactFormatError, SpecVersionError, SubspaceCon
 from app.engine.groups import LEGACY_SAID_GROUPS, SAID_GROUPINGS
 from app.engine.methods import get_method, known_specs
 from app.engine.spec import SPEC_VERSION
+from app.engine.task_types import CLASSIFICATION, REGRESSION, TASK_TYPES, OutputSpace
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -39,11 +40,12 @@ _STRING_FIELDS = {
     "digest",
     "targets",
     "said_groups",
+    "task_type",
 }
 # Fields that older files lack: left out of the file and the digest when unset, so every file
 # written before they existed loads, and hashes, unchanged. (A build that predates a field
 # refuses a file that has it: the dataclass takes no unknown keyword.)
-_OPTIONAL_FIELDS = ("rank", "targets", "said_groups")
+_OPTIONAL_FIELDS = ("rank", "targets", "said_groups", "task_type", "target_stats")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class TaskArtifact:
     rank, targets: lowrank only (targets: comma-separated module-name suffixes).
     said_groups: SAID only: which λ scales which tensors, "layer" or "tensor" (app/engine/
     groups.py); None in files written before groupings existed, which mean "tensor" (`groups`).
+    task_type: "classification" or "regression" (app/engine/task_types.py); None in files
+    written before regression existed, which are classifiers. labels: the class names (empty
+    for regression). target_stats: regression only, the training targets' (mean, std).
     """
 
     model: str
@@ -76,6 +81,14 @@ class TaskArtifact:
     rank: int | None = None
     targets: str | None = None
     said_groups: str | None = None
+    task_type: str | None = None
+    target_stats: list[float] | None = None
+
+    @property
+    def space(self) -> OutputSpace:
+        """What the head's outputs mean (how to score and present them)."""
+        stats = None if self.target_stats is None else tuple(self.target_stats)
+        return OutputSpace(self.task_type or CLASSIFICATION, tuple(self.labels), stats)
 
     @property
     def groups(self) -> str | None:
@@ -123,11 +136,34 @@ class TaskArtifact:
                 else f"said_groups must be one of {', '.join(SAID_GROUPINGS)}, "
                 f"got {self.said_groups!r}"
             )
+        self._check_outputs()
         m = 0 if self.lam is None else self.lam.numel()
         if self.theta.numel() + m != self.dim:
             raise ArtifactFormatError(
                 f"θ and λ hold {self.theta.numel() + m} numbers, d={self.dim}"
             )
+
+    def _check_outputs(self) -> None:
+        if self.task_type not in (None, *TASK_TYPES):
+            raise ArtifactFormatError(
+                f"task_type must be one of {', '.join(TASK_TYPES)}, got {self.task_type!r}"
+            )
+        if self.task_type == REGRESSION:
+            stats = self.target_stats
+            if (
+                not isinstance(stats, list)
+                or len(stats) != 2
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats)
+                or not stats[1] > 0
+            ):
+                raise ArtifactFormatError("a regression task needs target_stats [mean, std > 0]")
+            if self.labels:
+                raise ArtifactFormatError("a regression task has no class labels")
+        else:
+            if self.target_stats is not None:
+                raise ArtifactFormatError("target_stats apply to regression tasks only")
+            if len(self.labels) < 2:
+                raise ArtifactFormatError("a classification task needs at least 2 labels")
 
     def _metadata(self) -> dict:
         meta = {

@@ -163,9 +163,10 @@ def load_tokenizer(model_id: str):
 
 
 def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
-    """Load `model_id` as a sequence classifier with `num_labels` classes, head from `seed`."""
-    if num_labels < 2:
-        raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
+    """Load `model_id` as a sequence classifier with `num_labels` outputs (classes, or 1 for
+    regression), head from `seed`."""
+    if num_labels < 1:
+        raise ValueError(f"a head needs at least 1 output, got {num_labels}")
     path = resolve_model_path(model_id)
     from transformers.utils import logging as hf_logging
 

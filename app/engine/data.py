@@ -1,6 +1,7 @@
-"""Labelled text for sequence classification: read TSV/CSV/JSONL tables, map labels, tokenize
-and batch. It depends only on the stdlib, torch and transformers so the CLI, the service and
-the workers can all read user data the same way, with errors that say what to fix."""
+"""Labelled text for sequence classification and regression: read TSV/CSV/JSONL tables, map
+labels, tokenize and batch. It depends only on the stdlib, torch and transformers so the CLI,
+the service and the workers can all read user data the same way, with errors that say what to
+fix."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from app.engine.errors import DataFormatError
 
-LABEL_CANDIDATES = ("label", "labels", "Quality", "quality", "y", "target")
+if TYPE_CHECKING:
+    from app.engine.task_types import OutputSpace
+
+LABEL_CANDIDATES = ("label", "labels", "Quality", "quality", "y", "target", "score")
 TEXT_CANDIDATES = ("sentence", "text", "sentence1", "#1 String", "question", "premise")
 PAIR_CANDIDATES = (
     ("sentence1", "sentence2"),
@@ -245,21 +249,23 @@ def encode_labels(labels: list[str], label_names: list[str]) -> list[int]:
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
-    """Every row tokenized once up front (no padding): lists of token ids per row."""
+    """Every row tokenized once up front (no padding): lists of token ids per row, and the
+    row's training target (a class index, or a standardised number) when `space` is given."""
 
     KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
     def __init__(
-        self, data: LabelledText, tokenizer, max_length: int, label_names: list[str] | None
+        self, data: LabelledText, tokenizer, max_length: int, space: OutputSpace | None
     ) -> None:
         self.features: dict[str, list[list[int]]] = {}
         if data.texts:
             args = (data.texts, data.text_pairs) if data.text_pairs is not None else (data.texts,)
             encoded = tokenizer(*args, truncation=True, max_length=max_length)
             self.features = {k: list(encoded[k]) for k in self.KEYS if k in encoded}
-        self.labels: list[int] | None = None
-        if label_names is not None and data.labels is not None:
-            self.labels = encode_labels(data.labels, label_names)
+        self.space = space
+        self.labels: list | None = None
+        if space is not None and data.labels is not None:
+            self.labels = space.targets(data.labels)
         self._len = len(data.texts)
 
     def __len__(self) -> int:
@@ -273,7 +279,8 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
 
 def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad the rows to the longest in the batch; LongTensors (labels too, if present)."""
+    """Right-pad the rows to the longest in the batch: LongTensors, and labels as given (class
+    indices as a LongTensor, regression targets as a FloatTensor)."""
     out: dict[str, torch.Tensor] = {}
     for key in batch[0]:
         values = [row[key] for row in batch]
@@ -281,7 +288,9 @@ def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
             width = max(len(v) for v in values)
             pad = pad_token_id if key == "input_ids" else 0
             values = [v + [pad] * (width - len(v)) for v in values]
-        out[key] = torch.tensor(values, dtype=torch.long)
+            out[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            out[key] = torch.tensor(values)  # int64 or float32, from the Python values
     return out
 
 

@@ -37,10 +37,28 @@ def export_hf(task: TaskArtifact, out: Path, model: str | None = None) -> None:
     tokenizer and the label names: `AutoModelForSequenceClassification.from_pretrained(out)`
     gives the task's logits."""
     net, tokenizer = load_task_model(task, model)
-    net.config.id2label = dict(enumerate(task.labels))
-    net.config.label2id = {label: i for i, label in enumerate(task.labels)}
+    if task.space.target_stats is not None:
+        params = dict(net.named_parameters())
+        with torch.no_grad():
+            for name, value in fold_target_stats(task, params).items():
+                params[name].copy_(value)
+        net.config.problem_type = "regression"
+        net.config.id2label, net.config.label2id = {0: "score"}, {"score": 0}
+    else:
+        net.config.id2label = dict(enumerate(task.labels))
+        net.config.label2id = {label: i for i, label in enumerate(task.labels)}
     net.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def fold_target_stats(task: TaskArtifact, head: dict[str, torch.Tensor]) -> dict:
+    """A regression task's output layer with its (mean, std) folded in, w' = std·w and
+    b' = std·b + mean, so an exported model outputs the score itself: the new values of the
+    one-output layer's weight and bias among the named tensors `head`."""
+    mean, std = task.space.target_stats
+    (weight,) = [n for n, t in head.items() if t.ndim == 2 and t.shape[0] == 1]
+    bias = weight.removesuffix("weight") + "bias"
+    return {weight: head[weight].detach() * std, bias: head[bias].detach() * std + mean}
 
 
 def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None:
@@ -52,7 +70,7 @@ def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None
         raise SubspaceConfigError(
             f"a {task.method} task is not low-rank, so it has no LoRA form: use --format hf"
         )
-    base = load_base(model or task.model, num_labels=len(task.labels), seed=task.seed)
+    base = load_base(model or task.model, num_labels=task.space.size, seed=task.seed)
     check_compatible(base, task)
     wrapped = LowRankModel(base.model, base.seeded, config_of(settings_of(task)))
     with torch.no_grad():
@@ -63,8 +81,14 @@ def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None
         tensors[f"{prefix}{target.name}.lora_A.weight"] = a.contiguous()
         tensors[f"{prefix}{target.name}.lora_B.weight"] = b.contiguous()
     params = dict(base.model.named_parameters())
-    for (name, _), delta in zip(wrapped.layout.head, heads, strict=True):
-        tensors[prefix + name] = (params[name].detach() + delta).contiguous()
+    head = {
+        name: params[name].detach() + delta
+        for (name, _), delta in zip(wrapped.layout.head, heads, strict=True)
+    }
+    if task.space.target_stats is not None:
+        head |= fold_target_stats(task, head)
+    for name, value in head.items():
+        tensors[prefix + name] = value.contiguous()
     save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     head_modules = sorted({name.rsplit(".", 1)[0] for name, _ in wrapped.layout.head})
     config = {
@@ -86,5 +110,11 @@ def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "README.md").write_text(
         f"LoRA adapter exported by kilotask from a lowrank-v1 task (d = {task.dim}, rank "
-        f"{task.rank}, base '{task.model}', labels {task.labels}).\n"
+        f"{task.rank}, base '{task.model}', {_outputs(task)}).\n"
     )
+
+
+def _outputs(task: TaskArtifact) -> str:
+    if task.space.target_stats is not None:
+        return "regression: one output, the score itself"
+    return f"labels {task.labels}"

@@ -1,5 +1,6 @@
-"""Classification metrics (accuracy, Matthews correlation, F1) in pure Python, so the engine
-needs no sklearn and the numbers are exact for any number of classes."""
+"""Classification metrics (accuracy, Matthews correlation, F1) and regression metrics (Pearson,
+Spearman, MSE) in pure Python, so the engine needs no sklearn or scipy and the numbers are exact
+for any number of classes."""
 
 from __future__ import annotations
 
@@ -49,12 +50,57 @@ def classification_metrics(
     return out
 
 
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r; 0.0 when either side is constant (no linear relation can be read)."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} predictions but {len(y)} targets")
+    if len(x) < 2:
+        raise ValueError("a correlation needs at least 2 rows")
+    mx, my = math.fsum(x) / len(x), math.fsum(y) / len(y)
+    sxy = math.fsum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = math.fsum((a - mx) ** 2 for a in x)
+    syy = math.fsum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given the mean of the ranks they span (as scipy's rankdata)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def regression_metrics(preds: Sequence[float], targets: Sequence[float]) -> dict[str, float]:
+    """pearson, spearman (Pearson's r of the ranks) and mse, on the targets' own scale."""
+    r = pearson(preds, targets)  # checks the lengths first
+    return {
+        "pearson": r,
+        "spearman": pearson(ranks(preds), ranks(targets)),
+        "mse": math.fsum((p - t) ** 2 for p, t in zip(preds, targets, strict=True)) / len(preds),
+    }
+
+
+def relative_gap(train: float, held_out: float) -> float | None:
+    """The paper's relative generalisation gap (§5.3), (train - eval) / (1 - eval): the share
+    of the held-out shortfall from a perfect score that the train sample does not show. None
+    where the held-out metric is already perfect (the gap is undefined there)."""
+    return (train - held_out) / (1 - held_out) if held_out < 1 else None
+
+
 def generalisation(train: dict[str, float], held_out: dict[str, float], metric: str) -> dict:
-    """Train-sample metrics as `train_<name>` and the relative generalisation gap of `metric`,
-    (train - eval) / train as in the paper's §5; no gap where the train metric is 0."""
+    """Train-sample metrics as `train_<name>` and the relative gap of `metric` as `gap`."""
     out = {f"train_{k}": v for k, v in train.items()}
-    if train.get(metric):
-        out["gap"] = (train[metric] - held_out[metric]) / abs(train[metric])
+    gap = relative_gap(train[metric], held_out[metric])
+    if gap is not None:
+        out["gap"] = gap
     return out
 
 

@@ -12,19 +12,13 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import check_max_length, load_base, position_limit
-from app.engine.data import (
-    ColumnSpec,
-    LabelledText,
-    TokenizedDataset,
-    encode_labels,
-    label_names_from,
-    make_loader,
-)
+from app.engine.data import ColumnSpec, LabelledText, TokenizedDataset, make_loader
 from app.engine.errors import DataFormatError, SubspaceConfigError
 from app.engine.groups import DEFAULT_SAID_GROUPS
 from app.engine.methods import TaskSettings, check_settings, get_method
-from app.engine.metrics import classification_metrics, reported
+from app.engine.metrics import reported
 from app.engine.reconstruct import load_task_model
+from app.engine.task_types import CLASSIFICATION, OutputSpace, fit_output_space
 from app.engine.trainer import (
     TrainCallbacks,
     TrainConfig,
@@ -48,6 +42,9 @@ class TrainRequest:
     max_length: int = 128
     storage_dtype: str = "float32"
     config: TrainConfig = field(default_factory=TrainConfig)
+    # "classification" or "regression"; None: classification, refused for numeric-looking
+    # labels (app/engine/task_types.py)
+    task_type: str | None = None
     # method-specific: SAID: said_groups ("layer" unless given); lowrank: rank, targets, scales
     options: dict = field(default_factory=dict)
 
@@ -81,6 +78,8 @@ def run_fingerprint(req: TrainRequest, device: str | torch.device = "cpu") -> st
         if k not in ("eval_every", "checkpoint_every", "precision")
     }
     key = [req.model, req.dim, req.seed, req.max_length, cfg, run_context(req.config, device)]
+    if req.task_type not in (None, CLASSIFICATION):
+        key.append(req.task_type)  # classification runs keep the fingerprints they had
     options = method_options(req)
     if options:
         key.append({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
@@ -91,11 +90,19 @@ def run_fingerprint(req: TrainRequest, device: str | torch.device = "cpu") -> st
     return h.hexdigest()
 
 
-def _dataset(data: LabelledText, tokenizer, max_length: int, labels: list[str]) -> TokenizedDataset:
+def _dataset(data: LabelledText, tokenizer, max_length: int, space: OutputSpace):
     if data.labels is None:
         raise DataFormatError("training and evaluation data need a label column")
-    encode_labels(data.labels, labels)  # fails early, naming unknown labels
-    return TokenizedDataset(data, tokenizer, max_length, labels)
+    space.targets(data.labels)  # fails early, naming unknown labels or bad numbers
+    return TokenizedDataset(data, tokenizer, max_length, space)
+
+
+def output_space(req: TrainRequest) -> OutputSpace:
+    """The task's output space from its training labels, and its selection metric checked."""
+    space = fit_output_space(req.task_type, req.train_data.labels or [])
+    if req.config.metric is not None:
+        space.check_metric(req.config.metric)
+    return space
 
 
 def train_task(
@@ -112,13 +119,13 @@ def train_task(
     method = req.config.method
     if req.storage_dtype not in ("float32", "float16"):
         raise SubspaceConfigError("storage dtype must be float32 or float16")
-    labels = label_names_from(req.train_data.labels or [])
-    base = load_base(req.model, num_labels=len(labels), seed=req.seed)
+    space = output_space(req)
+    base = load_base(req.model, num_labels=space.size, seed=req.seed)
     check_max_length(base, req.max_length)
     pad_id = base.tokenizer.pad_token_id or 0
-    train_set = _dataset(req.train_data, base.tokenizer, req.max_length, labels)
+    train_set = _dataset(req.train_data, base.tokenizer, req.max_length, space)
     eval_set = (
-        _dataset(req.eval_data, base.tokenizer, req.max_length, labels) if req.eval_data else None
+        _dataset(req.eval_data, base.tokenizer, req.max_length, space) if req.eval_data else None
     )
     if method == "full":
         if req.options:
@@ -154,7 +161,7 @@ def train_task(
         method=method,
         dim=req.dim,
         D=model.D,
-        labels=labels,
+        labels=list(space.labels),
         text_column=req.train_data.columns.text,
         text_pair_column=req.train_data.columns.text_pair,
         max_length=req.max_length,
@@ -162,6 +169,8 @@ def train_task(
         lam=model.lam,
         dtype=req.storage_dtype,
         spec=get_method(method).spec,
+        task_type=space.task_type,
+        target_stats=None if space.target_stats is None else list(space.target_stats),
         **model.artifact_fields(),
     )
     model.load_vector(
@@ -178,9 +187,21 @@ def train_task(
 
 @dataclass
 class Prediction:
-    labels: list[str]
-    scores: list[list[float]]  # softmax probabilities per row, in task label order
-    metrics: dict[str, float] | None  # when the input has labels
+    """Per row what the API shows ({"label", "scores"}, or {"score"} for regression), and the
+    metrics when the input has labels."""
+
+    outputs: list[dict]
+    metrics: dict[str, float] | None
+
+    @property
+    def labels(self) -> list[str]:
+        """Classification: the predicted label per row."""
+        return [row["label"] for row in self.outputs]
+
+    @property
+    def scores(self) -> list[list[float]]:
+        """Classification: softmax probabilities per row, in task label order."""
+        return [list(row["scores"].values()) for row in self.outputs]
 
 
 def predict_task(
@@ -190,7 +211,7 @@ def predict_task(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> Prediction:
-    """Rebuild `task` on its base (or `model`) and classify `data` in order."""
+    """Rebuild `task` on its base (or `model`) and predict `data` in order."""
     net, tokenizer = load_task_model(task, model, device)
     # a file from elsewhere may ask for more positions than this base has: truncate to them
     max_length = min(task.max_length, position_limit(net, tokenizer))
@@ -200,13 +221,9 @@ def predict_task(
         make_loader(ds, batch_size, False, 0, tokenizer.pad_token_id or 0),
         torch.device(device),
     )
-    probs = torch.softmax(logits, -1)
-    preds = logits.argmax(-1).tolist()
-    metrics = None
-    if data.labels is not None:
-        gold = encode_labels(data.labels, task.labels)
-        metrics = classification_metrics(preds, gold, len(task.labels))
-    return Prediction([task.labels[i] for i in preds], probs.tolist(), metrics)
+    space = task.space
+    metrics = None if data.labels is None else space.score(logits, space.targets(data.labels))
+    return Prediction(space.present(logits), metrics)
 
 
 def columns_of(task: TaskArtifact) -> ColumnSpec:

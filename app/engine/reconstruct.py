@@ -66,7 +66,7 @@ def load_task_model(
 ) -> tuple[nn.Module, object]:
     """Load the task's base (or `model`, a local copy of it) and rebuild the task on it.
     Returns (classifier, tokenizer)."""
-    base = load_base(model or task.model, num_labels=len(task.labels), seed=task.seed)
+    base = load_base(model or task.model, num_labels=task.space.size, seed=task.seed)
     return reconstruct(base, task, device), base.tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Training loop for sequence classification: subspace (DID/SAID) or full fine-tuning.
+"""Training loop for sequence classification and regression: subspace or full fine-tuning.
 
 Nothing here is specific to a front end: progress, evaluation and checkpoints are reported
 through `TrainCallbacks` (as minGPT's trainer does), and cancelling is a callback returning True.
@@ -31,7 +31,7 @@ from app.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from app.engine.data import batches_per_epoch, make_loader
 from app.engine.errors import SubspaceConfigError
 from app.engine.methods import get_method
-from app.engine.metrics import classification_metrics, generalisation
+from app.engine.metrics import generalisation
 from app.engine.subspace import SubspaceModel
 
 FULL_LR = 3e-5
@@ -57,7 +57,9 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     eval_every: int | None = None  # steps; None: once per epoch and at the end
     checkpoint_every: int | None = None  # steps; needs a checkpoint path
-    metric: str = "accuracy"  # which eval metric picks the best θ_d ("mcc" for CoLA)
+    # which eval metric picks the best θ_d ("mcc" for CoLA); None: the task type's default
+    # (accuracy for classification, pearson for regression)
+    metric: str | None = None
     data_seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, see the module docstring
     # Rows of a fixed sample of the training set scored at each evaluation too: the train
@@ -170,19 +172,26 @@ def predict_logits(model: nn.Module, loader: Iterable[dict], device: torch.devic
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, dataset, config: TrainConfig, pad_id: int, device) -> dict:
+def evaluate(model: nn.Module, dataset, space, config: TrainConfig, pad_id: int, device) -> dict:
+    """The metrics of `space` (the task's OutputSpace) over a labelled dataset."""
     loader = make_loader(dataset, config.eval_batch_size, False, 0, pad_id)
     logits = predict_logits(model, loader, device)
-    labels = [dataset[i]["labels"] for i in range(len(dataset))]
-    return classification_metrics(logits.argmax(-1).tolist(), labels, logits.shape[-1])
+    return space.score(logits, [dataset[i]["labels"] for i in range(len(dataset))])
+
+
+def selection_metric(config: TrainConfig, space) -> str:
+    """The metric that picks the best state: the configured one if it applies to the task's
+    type (else a clear error), or the type's default."""
+    return space.check_metric(config.metric) if config.metric else space.default_metric
 
 
 def score(model: nn.Module, eval_set, probe, config: TrainConfig, pad_id: int, device) -> dict:
     """Held-out metrics, plus the train sample's and the gap when there is a `probe`."""
-    metrics = evaluate(model, eval_set, config, pad_id, device)
+    space = eval_set.space
+    metrics = evaluate(model, eval_set, space, config, pad_id, device)
     if probe is not None:
-        train_metrics = evaluate(model, probe, config, pad_id, device)
-        metrics |= generalisation(train_metrics, metrics, config.metric)
+        train_metrics = evaluate(model, probe, space, config, pad_id, device)
+        metrics |= generalisation(train_metrics, metrics, selection_metric(config, space))
     return metrics
 
 
@@ -230,6 +239,7 @@ def train(
     autocast = context["precision"] == "bf16"
 
     probe = train_probe(train_set, config.train_eval_rows) if eval_set is not None else None
+    metric = selection_metric(config, train_set.space)
 
     step, best_metric, best_step, best_state, history = 0, -math.inf, 0, None, []
     if checkpoint_path:
@@ -266,8 +276,8 @@ def train(
         metrics = score(model, eval_set, probe, config, pad_id, device)
         history.append({"step": step, **metrics})
         callbacks.on_eval(step, metrics)
-        if metrics[config.metric] > best_metric:
-            best_metric, best_step, best_state = metrics[config.metric], step, _snapshot(model)
+        if metrics[metric] > best_metric:
+            best_metric, best_step, best_state = metrics[metric], step, _snapshot(model)
 
     model.train()
     while step < total:

@@ -20,10 +20,15 @@ class InferRequest(BaseModel):
 
 
 class InferOutput(BaseModel):
+    """A classification task's label and class probabilities, or a regression task's score."""
+
     index: int
     task: str
-    label: str
-    scores: dict[str, float]
+    label: str | None = Field(None, description="classification: the predicted label")
+    scores: dict[str, float] | None = Field(
+        None, description="classification: the probability of each label"
+    )
+    score: float | None = Field(None, description="regression: the predicted value")
 
 
 class InferResponse(BaseModel):

@@ -9,8 +9,11 @@ from app.schemas.jobs import (
     MAX_STORED_SEED,
     SAID_GROUPS_DOC,
     SEED_DOC,
+    TASK_DOC,
     JobPublic,
+    Metric,
     SaidGroups,
+    TaskType,
     method_options,
 )
 
@@ -58,7 +61,10 @@ class D90Create(BaseModel):
     budget_steps: int = Field(200, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=1, le=4096)
     max_length: int = Field(128, ge=8, le=4096)
-    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    task: TaskType | None = Field(None, description=TASK_DOC)
+    metric: Metric | None = Field(
+        None, description="accuracy (default), f1, mcc; regression: pearson (default), spearman"
+    )
     workers: int = Field(
         1,
         ge=1,

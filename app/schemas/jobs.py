@@ -13,6 +13,12 @@ MAX_STORED_SEED = 2**31 - 1
 SEED_DOC = f"seed of the projection and the head, 0 to {MAX_STORED_SEED}"
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 SaidGroups = Literal["layer", "tensor"]
+TaskType = Literal["classification", "regression"]
+TASK_DOC = (
+    "classification (the default) or regression (one output, MSE loss, metrics pearson and "
+    'spearman, predictions as {"score": x}); a label column of many distinct numbers must say'
+)
+Metric = Literal["accuracy", "f1", "mcc", "pearson", "spearman"]
 SAID_GROUPS_DOC = (
     "SAID: one λ per transformer layer plus one for the embeddings and one for the rest "
     "('layer', the paper's, default) or one per weight tensor ('tensor')"
@@ -39,7 +45,11 @@ class Hyperparameters(BaseModel):
     max_length: int = Field(128, ge=8, le=4096)
     eval_every: int | None = Field(None, ge=1, le=10_000_000)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    metric: Metric | None = Field(
+        None,
+        description="picks the best state: accuracy (default), f1, mcc; regression: "
+        "pearson (default), spearman",
+    )
     data_seed: int = Field(0, ge=0, le=MAX_SEED)
     storage_dtype: Literal["float32", "float16"] = "float32"
     precision: Literal["fp32", "bf16"] = Field(
@@ -77,6 +87,7 @@ class JobCreate(BaseModel):
     )
     scales: bool | None = Field(None, description="lowrank: one learned scale per target")
     said_groups: SaidGroups | None = Field(None, description=SAID_GROUPS_DOC)
+    task: TaskType | None = Field(None, description=TASK_DOC)
     hyperparameters: Hyperparameters = Hyperparameters()
 
     def options(self) -> dict:
@@ -100,6 +111,7 @@ class JobPublic(BaseModel):
     status: JobStatus
     model: str
     method: str
+    task: str = "classification"
     dim: int
     seed: int
     train_dataset: str
@@ -123,6 +135,7 @@ class JobPublic(BaseModel):
             status=job.status,
             model=job.model,
             method=job.method,
+            task=job.task_type or "classification",
             dim=job.dim,
             seed=job.seed,
             train_dataset=job.train_dataset_id,

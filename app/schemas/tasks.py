@@ -27,6 +27,8 @@ class TaskPublic(BaseModel):
     rank: int | None = None  # lowrank only
     targets: str | None = None  # lowrank only: adapted module names, comma-separated
     said_groups: str | None = None  # SAID only: "layer" or "tensor" (older tasks: "tensor")
+    task_type: str | None = None  # "classification" or "regression" (older: classification)
+    target_stats: list[float] | None = None  # regression: the training targets' [mean, std]
     bytes: int = Field(validation_alias=AliasChoices("size_bytes", "bytes"))
     created_at: UtcDatetime
 
@@ -34,6 +36,7 @@ class TaskPublic(BaseModel):
     def _said_grouping(self) -> TaskPublic:
         if self.method == "said" and self.said_groups is None:
             self.said_groups = "tensor"  # stored before groupings existed: one λ per tensor
+        self.task_type = self.task_type or "classification"
         return self
 
 

@@ -142,7 +142,7 @@ class MicroBatcher:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            probs = await loop.run_in_executor(
+            outputs = await loop.run_in_executor(
                 self._executor, self._score, queue.mixed, tasks, items
             )
         except Exception as exc:
@@ -167,7 +167,7 @@ class MicroBatcher:
         for request in batch:
             n = len(request.items)
             if not request.future.done():
-                part = probs[offset : offset + n]
+                part = outputs[offset : offset + n]
                 request.future.set_result(torch.stack(part) if queue.mixed else part)
             offset += n
 

@@ -36,7 +36,7 @@ from app.engine.reconstruct import add_task_delta_, check_compatible
 from app.errors import ConflictError, ServiceBusyError
 from app.serving.tally import Tally
 
-BaseKey = tuple[str, int]  # (model id, number of labels)
+BaseKey = tuple[str, int]  # (model id, number of head outputs)
 MEMORY_WAIT_S = 10.0  # how long a build waits for a running batch to free memory, by default
 BUDGET_SETTING = "KILOTASK_SERVING_CACHE_MB"
 
@@ -255,7 +255,7 @@ class TaskCache:
             pending.result()  # someone else's build: then take it from the cache as a hit
         try:
             start = time.perf_counter()
-            entry = self._build(task, (task.model, len(task.labels)), pin)
+            entry = self._build(task, (task.model, task.space.size), pin)
             with self._memory:  # the reservation becomes resident bytes, atomically
                 entry.pinned, entry.users = pin, int(hold)
                 self.stats.rebuild_seconds.add(time.perf_counter() - start)
@@ -341,7 +341,8 @@ TOKENIZER_LOCK = threading.Lock()
 
 @torch.inference_mode()
 def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str] | None):
-    """Probabilities (N, C) for a group of inputs to one task, one padded batch."""
+    """Head outputs (N, C) in float32 for a group of inputs to one task, one padded batch (the
+    task's OutputSpace turns them into what users see)."""
     with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
         enc = entry.tokenizer(
             texts,
@@ -352,4 +353,4 @@ def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str
             return_tensors="pt",
         )
     enc = {k: v.to(entry.flat.device) for k, v in enc.items()}
-    return torch.softmax(entry.model(**enc).logits.float(), -1).cpu()
+    return entry.model(**enc).logits.float().cpu()

@@ -14,7 +14,7 @@ import torch
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, position_limit
-from app.engine.lowrank import LowRankFactors, MixedLowRankModel, config_of, softmax_rows
+from app.engine.lowrank import LowRankFactors, MixedLowRankModel, config_of, output_rows
 from app.engine.reconstruct import settings_of
 from app.errors import ConflictError
 from app.serving.cache import TOKENIZER_LOCK, CacheStats
@@ -67,10 +67,10 @@ class LowRankPool:
                 return resident.factors
             self.stats.misses += 1
         server = self.server(task.model)
-        server.check_compatible(task.base_digest, task.D, len(task.labels))
+        server.check_compatible(task.base_digest, task.D, task.space.size)
         start = time.perf_counter()
         config = config_of(settings_of(task))  # the same reading of the file as reconstruct
-        built = server.build(config, len(task.labels), task.theta, task.lam)
+        built = server.build(config, task.space.size, task.theta, task.lam)
         self.stats.rebuild_seconds.add(time.perf_counter() - start)
         with self._lock:
             resident = self._entries.get(task.digest)
@@ -136,7 +136,7 @@ class LowRankPool:
 def classify_mixed(
     pool: LowRankPool, tasks: list[TaskArtifact], items: list[tuple[str, str | None]]
 ) -> list[torch.Tensor]:
-    """Probabilities for items[i] under tasks[i] (all of one base model), in ONE forward pass.
+    """Head outputs for items[i] under tasks[i] (all of one base model), in ONE forward pass.
     Rows are tokenized with their own task's max length, then padded together."""
     server = pool.server(tasks[0].model)
     factors = [pool.factors(t) for t in tasks]
@@ -159,4 +159,4 @@ def classify_mixed(
         batch = tokenizer.pad(features, padding=True, return_tensors="pt")
     encoded = {k: v.to(server.device) for k, v in batch.items()}
     logits = server.logits(factors, encoded)
-    return [p.cpu() for p in softmax_rows(logits, [len(t.labels) for t in tasks])]
+    return [row.cpu() for row in output_rows(logits, [t.space.size for t in tasks])]

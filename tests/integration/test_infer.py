@@ -232,6 +232,53 @@ def test_mixed_lowrank_tasks_share_one_batch_and_match_predict(client, auth, tin
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=0, atol=1e-5)
 
 
+def test_regression_tasks_answer_a_score_alone_and_mixed(client, auth, tiny_bert, tasks):
+    """Regression tasks (a SAID one, lowrank ones) answer {"score": x} on the targets' scale,
+    mixed in one call with classifiers (and in one lowrank pass with classifying lowrank
+    tasks), each equal to `predict_task` on that task alone."""
+    from app.engine.base import load_base
+    from tests.factories import make_lowrank_task, make_task
+
+    torch.manual_seed(3)
+    base = load_base(str(tiny_bert), 1, 0)
+    m = len(list(base.model.parameters()))
+    said = make_task(
+        str(tiny_bert), base, labels=[], task_type="regression",
+        target_stats=[3.0, 0.5], theta=torch.randn(100 - m) * 20,
+    )  # fmt: skip
+    lowrank = [
+        make_lowrank_task(str(tiny_bert), num_labels=1 + k % 2, gen_seed=k) for k in range(4)
+    ]
+    arts = [said, *lowrank]
+    ids = []
+    for art in arts:
+        r = client.post(
+            "/v1/tasks", files={"file": ("t.safetensors", art.to_bytes())}, headers=auth
+        )
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    shown = client.get(f"/v1/tasks/{ids[0]}", headers=auth).json()
+    assert shown["task_type"] == "regression" and shown["target_stats"] == [3.0, 0.5]
+    assert shown["label_names"] == []
+    inputs = [{"task": ids[k % 5], "text": TEXTS[k % 4]} for k in range(10)]
+    inputs.append({"task": tasks[0][0], "text": TEXTS[0]})  # a classifier in the same call
+    r = client.post("/v1/infer", json={"inputs": inputs}, headers=auth)
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    for item, out in zip(inputs[:10], outputs, strict=False):
+        art = arts[ids.index(item["task"])]
+        data = LabelledText([item["text"]], None, None, None, [])
+        want = predict_task(art, data, batch_size=1).outputs[0]
+        if art.task_type == "regression":
+            assert set(out) == {"index", "task", "score"}, out
+            assert out["score"] == pytest.approx(want["score"], abs=1e-4)
+        else:
+            assert out["label"] == want["label"]
+    assert set(outputs[10]) == {"index", "task", "label", "scores"}
+    one = client.get(f"/v1/tasks/{ids[0]}/predict", params={"text": TEXTS[2]}, headers=auth)
+    assert one.status_code == 200 and set(one.json()) == {"index", "task", "score"}
+
+
 def test_export_zip_over_rest(client, auth, settings, tasks):
     """format=hf for a SAID task is a merged model folder; format=peft is refused for it (422,
     saying what to use); another tenant's task is 404; a bad format is 422."""

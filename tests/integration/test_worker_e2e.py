@@ -187,7 +187,8 @@ def test_submit_train_download_import_and_predict(stack, tiny_bert, tmp_path):
     assert from_file.labels == from_db.labels and from_file.scores == from_db.scores
     assert from_file.metrics["accuracy"] == done["metrics"]["eval_accuracy"]
     train, held_out = done["metrics"]["train_accuracy"], done["metrics"]["eval_accuracy"]
-    assert done["metrics"]["gap"] == pytest.approx((train - held_out) / train)  # paper §5
+    gap = (train - held_out) / (1 - held_out)  # paper §5.3
+    assert done["metrics"]["gap"] == pytest.approx(gap)
     task = client.get(f"/v1/tasks/{done['task_id']}", headers=auth).json()
     assert task["metrics"] == done["metrics"]  # the task carries them too
 

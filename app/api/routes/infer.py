@@ -59,22 +59,17 @@ async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]
         )
     )
     outputs: list[InferOutput | None] = [None] * len(inputs)
-    for (task_id, idx), probs in zip(groups.items(), results, strict=True):
-        labels = tasks[task_id].labels
-        for row, i in zip(probs.tolist(), idx, strict=True):
-            best = max(range(len(row)), key=row.__getitem__)
-            outputs[i] = InferOutput(
-                index=i,
-                task=task_id,
-                label=labels[best],
-                scores=dict(zip(labels, row, strict=True)),
-            )
+    for (task_id, idx), logits in zip(groups.items(), results, strict=True):
+        shown = tasks[task_id].space.present(logits)
+        for row, i in zip(shown, idx, strict=True):
+            outputs[i] = InferOutput(index=i, task=task_id, **row)
     return InferResponse(outputs=outputs)
 
 
 @router.post(
     "/v1/infer",
     response_model=InferResponse,
+    response_model_exclude_none=True,
     responses=error_responses(*AUTHED, 400, 404, 422, 429),
 )
 async def infer(
@@ -91,6 +86,7 @@ async def infer(
 @router.get(
     "/v1/tasks/{task_id}/predict",
     response_model=InferOutput,
+    response_model_exclude_none=True,
     responses=error_responses(*AUTHED, 404, 422, 429),
 )
 async def predict_one(

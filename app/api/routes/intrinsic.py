@@ -13,7 +13,7 @@ from app.api.limits import check_active_jobs
 from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import check_max_length, method_dim_range
 from app.db.models import Job
-from app.db.repo import get_owned
+from app.db.repo import get_dataset, get_owned
 from app.errors import InvalidInputError, InvalidStateError, NotFoundError
 from app.jobs import create_job, enqueue_or_fail, find_idempotent, request_hash
 from app.schemas.intrinsic import D90Create, D90Public
@@ -54,6 +54,11 @@ async def submit_search(
     model = body.model or settings.default_model
     await _check_range(body, model)
     await run_in_threadpool(check_max_length, model, body.max_length)
+    from app.datasets import check_task_type  # imports torch, as loading the model did
+
+    check_task_type(
+        get_dataset(session, tenant_id, body.train_dataset).label_counts, body.task, body.metric
+    )
     if body.reuse_from is not None:
         _check_reuse_source(_search(session, tenant_id, body.reuse_from), body, model)
     search = body.model_dump(
@@ -66,12 +71,15 @@ async def submit_search(
             "targets",
             "scales",
             "said_groups",
+            "task",
         }  # fmt: skip
     )
+    search["metric"] = body.metric or ("pearson" if body.task == "regression" else "accuracy")
     fields = dict(
         kind="d90",
         model=model,
         method=body.method,
+        task_type=body.task,
         dim=0,
         seed=body.seed,
         train_dataset_id=body.train_dataset,
@@ -92,7 +100,9 @@ def _check_reuse_source(source: Job, body: D90Create, model: str) -> None:
     """A run of the source is only this search's run if it was trained the same way on the
     same data, and there must be something to take."""
     ours = {k: getattr(body, k) for k in RUN_FIELDS}
+    ours["metric"] = body.metric or ("pearson" if body.task == "regression" else "accuracy")
     ours |= dict(model=model, seed=body.seed, train=body.train_dataset, eval=body.eval_dataset)
+    ours["task"] = body.task or "classification"
     ours["options"] = body.options()  # method options only matter for runs of the method
     theirs = {k: source.hyperparameters.get(k) for k in RUN_FIELDS}
     theirs |= dict(
@@ -101,13 +111,15 @@ def _check_reuse_source(source: Job, body: D90Create, model: str) -> None:
         train=source.train_dataset_id,
         eval=source.eval_dataset_id,
         options=(source.options or {}) if source.method == body.method else body.options(),
+        task=source.task_type or "classification",
     )
     differ = sorted(k for k in ours if ours[k] != theirs[k])
     if differ:
         raise InvalidInputError(
             f"reuse_from: search {source.id} trained with other {', '.join(differ)}; reusing "
-            "runs needs the same datasets, model, seed, budget_steps, batch_size, max_length, "
-            "metric, full_lr_grid, precision and (for the same method) method options",
+            "runs needs the same datasets, model, seed, task, budget_steps, batch_size, "
+            "max_length, metric, full_lr_grid, precision and (for the same method) method "
+            "options",
             code="reuse_mismatch",
         )
     runs = json.loads(source.checkpoint or b"{}").get("runs", {})

@@ -50,7 +50,7 @@ function badge(status) {
   return h("span", { class: `badge ${status}` }, status);
 }
 
-/** Held-out metrics (eval_*) and the relative generalisation gap (train - eval) / train. */
+/** Held-out metrics (eval_*) and the relative generalisation gap (train - eval) / (1 - eval). */
 function metricsText(metrics) {
   const m = metrics || {};
   const shown = Object.entries(m).filter(([k, v]) => k.startsWith("eval_") && typeof v === "number");

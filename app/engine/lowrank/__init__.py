@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.engine.lowrank.config import DEFAULT_TARGETS, LOWRANK_SPEC, LowRankConfig
 from app.engine.lowrank.layout import LowRankLayout, dim_range, layout_for
-from app.engine.lowrank.mixed import LowRankFactors, MixedLowRankModel, softmax_rows
+from app.engine.lowrank.mixed import LowRankFactors, MixedLowRankModel, output_rows
 from app.engine.lowrank.model import LowRankModel
 from app.engine.methods import Method, TaskSettings, register
 
@@ -53,5 +53,5 @@ __all__ = [
     "LowRankModel",
     "MixedLowRankModel",
     "config_of",
-    "softmax_rows",
+    "output_rows",
 ]

@@ -18,6 +18,7 @@ from app.engine.data import (
     read_table,
 )
 from app.engine.errors import EngineError
+from app.engine.task_types import OutputSpace
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -243,7 +244,7 @@ def tokenizer(tmp_path) -> BertTokenizerFast:
 def test_tokenized_dataset_and_collate(tokenizer, tmp_path):
     path = write(tmp_path, "d.tsv", "sentence\tlabel\ngood\tpos\nthe movie very bad\tneg\n")
     data = read_table(path)
-    ds = TokenizedDataset(data, tokenizer, max_length=5, label_names=["neg", "pos"])
+    ds = TokenizedDataset(data, tokenizer, max_length=5, space=OutputSpace(labels=("neg", "pos")))
     assert len(ds) == 2
     first, second = ds[0], ds[1]
     assert first["input_ids"] == [2, 5, 3] and first["labels"] == 1
@@ -261,7 +262,7 @@ def test_tokenized_dataset_and_collate(tokenizer, tmp_path):
 
 def test_tokenized_pairs_and_padding_value(tokenizer, tmp_path):
     path = write(tmp_path, "d.tsv", "sentence1\tsentence2\tlabel\ngood\tnot bad\t1\nbad\tgood\t0\n")
-    ds = TokenizedDataset(read_table(path), tokenizer, 32, ["0", "1"])
+    ds = TokenizedDataset(read_table(path), tokenizer, 32, OutputSpace(labels=("0", "1")))
     assert ds[0]["token_type_ids"] == [0, 0, 0, 1, 1, 1]
     batch = collate([ds[1], ds[0]], pad_token_id=7)
     assert batch["input_ids"][0].tolist()[-1] == 7 and batch["token_type_ids"][0, -1] == 0

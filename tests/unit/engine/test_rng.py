@@ -21,11 +21,12 @@ def request(tiny_bert, tmp_path) -> TrainRequest:
 
 def test_training_leaves_the_global_random_state_alone(tiny_bert, tmp_path):
     from app.engine.data import TokenizedDataset
+    from app.engine.task_types import OutputSpace
 
     req = request(tiny_bert, tmp_path)
     base = load_base(str(tiny_bert), num_labels=2, seed=2)
     model = get_method("said").build(base.model, base.seeded, TaskSettings.of("said", 150, 2))
-    ds = TokenizedDataset(req.train_data, base.tokenizer, 16, ["0", "1"])
+    ds = TokenizedDataset(req.train_data, base.tokenizer, 16, OutputSpace(labels=("0", "1")))
     torch.manual_seed(1234)
     before = torch.get_rng_state()
     train(model, ds, req.config, 0, ds)
