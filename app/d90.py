@@ -384,19 +384,48 @@ def write_outputs(
     scales: dict | None = None,
 ) -> None:
     """`scales`: m and SAID's grouping (scale_info), stated at the top of results.json."""
-    _write_json(out / "results.json", {"setup": asdict(setup)} | (scales or {}) | result.to_dict())
+    results = with_generalisation(result.to_dict(), out, setup.metric)
+    _write_json(out / "results.json", {"setup": asdict(setup)} | (scales or {}) | results)
     with open(out / "points.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["kind", "d", "lr", "seed", setup.metric])
+        writer.writerow(["kind", "d", "lr", "seed", setup.metric, f"train_{setup.metric}", "gap"])
         for key, value in runs.items():
             kind, d, lr, *seed = parse_run_key(key)
-            writer.writerow([kind, d, f"{lr:g}", seed[0] if seed else 0, f"{value:.6f}"])
+            seen = run_generalisation(out, (kind, d, lr, *seed), setup.metric)
+            writer.writerow([kind, d, f"{lr:g}", seed[0] if seed else 0, f"{value:.6f}",
+                             *(seen.get(k, "") for k in ("train_metric", "gap"))])  # fmt: skip
     if result.d90 is not None:
         best = next(p for p in result.points if p.d == result.d90)
         source = out / "runs" / task_file_name(result.plan["method"], best.d, best.lr)
         if source.exists():
             shutil.copyfile(source, out / "d90-task.safetensors")
     plot_curve(result, setup.metric, out / "curve")
+
+
+def run_generalisation(out: Path, run: Run, metric: str) -> dict:
+    """A finished run's train-sample metric and relative gap (paper §5.3), as its task file
+    recorded them (4 decimals); {} for full fine-tuning (no task file) or older runs."""
+    path = out / "runs" / task_file_name(*run)
+    if not path.exists():
+        return {}
+    from app.engine.artifact import TaskArtifact
+
+    recorded = TaskArtifact.load(path).metrics
+    seen = {"train_metric": recorded.get(f"train_{metric}"), "gap": recorded.get("gap")}
+    return {k: v for k, v in seen.items() if v is not None}
+
+
+def with_generalisation(results: dict, out: Path, metric: str) -> dict:
+    """`results` with each point's train-sample metric and relative gap at its best learning
+    rate (seed 0), and `gap_at_d90` for the d90 point: the paper's Figure 5 reads them."""
+    method = results["plan"]["method"]
+    points = [p | run_generalisation(out, (method, p["d"], p["lr"]), metric)
+              for p in results.get("points", [])]  # fmt: skip
+    results = results | {"points": points}
+    at = next((p for p in points if p["d"] == results.get("d90")), None)
+    if at is not None and "train_metric" in at:
+        results["gap_at_d90"] = {k: at.get(k) for k in ("d", "metric", "train_metric", "gap")}
+    return results
 
 
 def upgrade_results(results: dict) -> dict:

@@ -261,3 +261,46 @@ def test_the_console_loads_without_a_key_and_shows_nothing(page, server):
     assert "not valid" in alert.inner_text()
     assert page.evaluate("() => sessionStorage.getItem('kilotask.key')") is None
     assert page.dialogs == []
+
+
+def test_a_regression_job_from_the_form_and_its_score_in_the_playground(
+    page, server, tmp_path, artifacts, tiny_bert
+):
+    """A numeric label column: refused without the task type (the message next to the Task
+    type field), then trained as regression; the playground shows the score /v1/infer gives."""
+    from tests.factories import rating_rows
+
+    ratings = write_tsv(tmp_path / "ratings.tsv", rating_rows(96, seed=4))
+    sign_in(page, server)
+    page.get_by_role("link", name="New job", exact=True).click()
+    page.get_by_label("Training data (CSV, TSV or JSONL with a header)").set_input_files(ratings)
+    page.locator("#label_column option[value=score]").wait_for(state="attached")
+    page.get_by_label("Label column").select_option("score")
+    page.get_by_label("Base model").fill(str(tiny_bert))
+    page.get_by_label("Subspace dimension d").fill("200")
+    page.get_by_label("Training steps").fill("20")
+    page.get_by_label("Max length (tokens)").fill("16")
+    page.get_by_role("button", name="Start job").click()
+    page.wait_for_function("() => document.querySelector('#task-error').textContent.length > 0")
+    assert "regression" in page.locator("#task-error").inner_text()
+    assert page.locator("#task").get_attribute("aria-invalid") == "true"
+    assert "distinct label values" in page.locator("#dataset-info").inner_text()
+
+    page.get_by_label("Task type").select_option("regression")
+    page.get_by_role("button", name="Start job").click()
+    page.locator("#job-facts").wait_for(timeout=120_000)
+    job_id = page.url.rsplit("/", 1)[1]
+    job = server.wait_job(job_id, 120)
+    assert job["task"] == "regression" and job["status"] == "succeeded", job
+    page.goto(f"{server.url}/#/playground/{job['task_id']}")
+    page.locator(f"input[value='{job['task_id']}']:checked").wait_for()
+    page.get_by_label("Text", exact=True).fill("good great nice movie")
+    page.get_by_role("button", name="Run").click()
+    card = page.locator(f"section.result[data-task='{job['task_id']}']")
+    card.wait_for()
+    shown = float(card.locator("strong.score").get_attribute("data-score"))
+    direct = server.call(
+        "/v1/infer", {"inputs": [{"task": job["task_id"], "text": "good great nice movie"}]}
+    )["outputs"][0]
+    assert shown == direct["score"] and "label" not in direct
+    page.screenshot(path=artifacts / "regression.png")

@@ -253,3 +253,32 @@ def test_export_refuses_a_file_name_or_existing_file_for_out(trained, tmp_path):
     (tmp_path / "file").write_text("keep me")
     line = _fails_fast("export", str(out), "--format", "hf", "--out", str(tmp_path / "file"))
     assert "not an empty folder" in line and (tmp_path / "file").read_text() == "keep me"
+
+
+def test_regression_train_and_predict_in_new_processes(tiny_bert, tmp_path):
+    """--task regression trains one output and reports Pearson; `kilotask predict` in another
+    process prints {"score": x} per row and the same Pearson. Without --task, a numeric label
+    column exits 2 with one line naming the flag."""
+    from tests.factories import rating_rows
+
+    train = write_tsv(tmp_path / "train.tsv", rating_rows(160, seed=0))
+    dev = write_tsv(tmp_path / "dev.tsv", rating_rows(40, seed=1))
+    common = ["train", "--model", str(tiny_bert), "--train", str(train), "--eval", str(dev),
+              "--label-column", "score", "--dim", "200", "--max-steps", "30", "--eval-every",
+              "15", "--batch-size", "16", "--max-length", "16", "--lr", "0.5",
+              "--quiet"]  # fmt: skip
+    refused = run(*common, "--out", str(tmp_path / "x.safetensors"), check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "--task regression" in refused.stderr and "Traceback" not in refused.stderr
+    wrong = run(*common, "--task", "regression", "--metric", "accuracy", check=False)
+    assert wrong.returncode == 2 and "pearson, spearman" in wrong.stderr
+    out = tmp_path / "rating.safetensors"
+    summary = json.loads(run(*common, "--task", "regression", "--out", str(out)).stdout)
+    assert {"eval_pearson", "eval_spearman", "eval_mse", "train_pearson", "gap"} <= set(summary)
+    lines = run("predict", str(out), "--input", str(dev), "--label-column", "score").stdout
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert len(rows) == 41 and all(set(r) == {"score"} for r in rows[:40])
+    assert rows[-1]["pearson"] == pytest.approx(summary["eval_pearson"], abs=1e-4)
+    assert rows[-1]["rows"] == 40
+    inspected = json.loads(run("inspect", str(out)).stdout)
+    assert inspected["task_type"] == "regression" and len(inspected["target_stats"]) == 2

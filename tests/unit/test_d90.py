@@ -47,10 +47,18 @@ def test_d90_cli_writes_results_csv_plot_and_task(tiny_bert, data, tmp_path, cap
     assert results["plan"]["min_d"] == 10 > results["m"]  # SAID's range starts above m
     runs = json.loads((out / "state.json").read_text())["runs"]
     rows = (out / "points.csv").read_text().splitlines()
-    assert rows[0] == "kind,d,lr,seed,accuracy" and len(rows) == 1 + len(runs)
+    assert rows[0] == "kind,d,lr,seed,accuracy,train_accuracy,gap" and len(rows) == 1 + len(runs)
     assert len(runs) == 1 + 2 * len(results["points"])  # full once, then 2 learning rates per d
     for point in results["points"]:
         assert point["passed"] == (point["metric"] >= results["bar"])
+        # the train sample and the relative gap (paper §5.3) of its best run, from its task file
+        assert 0 <= point["train_metric"] <= 1
+        if point["metric"] < 1:
+            want = (point["train_metric"] - point["metric"]) / (1 - point["metric"])
+            assert point["gap"] == pytest.approx(want, abs=1e-3)  # the file keeps 4 decimals
+    if results["d90"] is not None:
+        at = next(p for p in results["points"] if p["d"] == results["d90"])
+        assert results["gap_at_d90"]["train_metric"] == at["train_metric"]
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "curve.svg").read_text()
     if results["d90"] is not None:
@@ -332,3 +340,22 @@ def test_cli_reports_censoring_and_order(fake, data, tmp_path, capsys):
     assert "mean ± sd over 3 seeds" in labels
     assert main([*cli_args("fake", data, tmp_path / "bad"), "--seeds", "0"]) == 2
     assert "--seeds must be positive" in capsys.readouterr().err
+
+
+def test_a_regression_search_runs_on_pearson_with_a_zero_floor(tiny_bert, tmp_path, capsys):
+    from tests.factories import rating_rows
+
+    data = (
+        write_tsv(tmp_path / "train.tsv", rating_rows(64, 0)),
+        write_tsv(tmp_path / "dev.tsv", rating_rows(32, 1)),
+    )
+    out = tmp_path / "out"
+    assert main(cli_args(tiny_bert, data, out, "--task", "regression")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((out / "results.json").read_text())
+    assert results["setup"]["metric"] == "pearson" and results["setup"]["task_type"] == "regression"
+    assert summary["floor"] == results["floor"] == 0.0 and "majority" not in summary
+    assert (out / "points.csv").read_text().splitlines()[
+        0
+    ] == "kind,d,lr,seed,pearson,train_pearson,gap"
+    assert all("train_metric" in p for p in results["points"])

@@ -433,7 +433,7 @@ function select(options, value) {
   return h("select", {}, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text)));
 }
 
-const JOB_FIELDS = ["model", "method", "dim", "seed", "said_groups", "max_steps", "learning_rate",
+const JOB_FIELDS = ["model", "task", "method", "dim", "seed", "said_groups", "max_steps", "learning_rate",
   "batch_size", "max_length", "eval_every"];
 
 /** Which field an API error is about: the path of a validation error, else its code. */
@@ -454,6 +454,7 @@ function fieldOf(err, stage) {
     if (m.includes("text column") || m.includes("text_column")) return "text_column";
     return stage;
   }
+  if (/task type|regression/i.test(err.message)) return "task";
   if (/\bmodel\b/i.test(err.message)) return "model";
   return "form";
 }
@@ -469,6 +470,7 @@ function newJobPage(root, ctx) {
   const models = h("datalist", { id: "model-ids" });
   const model = h("input", { type: "text", list: "model-ids", placeholder: "server default", spellcheck: "false" });
   const method = select(METHODS.map((m) => [m, m]), "said");
+  const task = select([["", "classification (default)"], ["regression", "regression"]], "");
   const groups = select([["", "default (one λ per layer)"], ["layer", "layer"], ["tensor", "tensor"]], "");
   const inputs = {
     dim: h("input", { type: "number", min: 1, value: 1000, required: true }),
@@ -491,6 +493,7 @@ function newJobPage(root, ctx) {
       field("label_column", "Label column", columnSelects.label_column), datasetInfo),
     h("fieldset", {}, h("legend", {}, "Training"),
       field("model", "Base model", model, "a model id from the list, or a path the workers can read"), models,
+      field("task", "Task type", task, "regression: a numeric label (one output, MSE, Pearson and Spearman)"),
       field("method", "Method", method, "said and did: the paper's subspaces; lowrank: mixable in serving; full: every weight"),
       field("dim", "Subspace dimension d", inputs.dim, "the task's size in numbers (ignored by full)"),
       field("said_groups", "SAID scale groups", groups),
@@ -567,6 +570,7 @@ function newJobPage(root, ctx) {
       if (model.value.trim()) body.model = model.value.trim();
       if (method.value !== "full") body.dim = Number(inputs.dim.value);
       if (method.value === "said" && groups.value) body.said_groups = groups.value;
+      if (task.value) body.task = task.value;
       let job;
       try {
         job = await api("/v1/jobs", { method: "POST", json: body });
@@ -585,13 +589,15 @@ function newJobPage(root, ctx) {
 }
 
 function datasetSummary(ds) {
+  const counts = Object.entries(ds.label_counts || {});
   return h("div", { class: "dataset" },
     h("p", {}, "Uploaded ", h("span", { class: "mono" }, ds.filename), `: ${ds.rows} rows; text `,
       h("span", { class: "mono" }, ds.text_column),
       ds.text_pair_column ? [", pair ", h("span", { class: "mono" }, ds.text_pair_column)] : "",
       ds.label_column ? [", labels ", h("span", { class: "mono" }, ds.label_column)] : ""),
-    h("ul", { class: "labels", "aria-label": "Label counts" },
-      Object.entries(ds.label_counts || {}).map(([label, n]) => h("li", {}, h("span", { class: "label-name" }, label), `: ${n}`))));
+    counts.length > 20 ? h("p", { class: "hint" }, `${counts.length} distinct label values (a regression target?)`)
+      : h("ul", { class: "labels", "aria-label": "Label counts" },
+        counts.map(([label, n]) => h("li", {}, h("span", { class: "label-name" }, label), `: ${n}`))));
 }
 
 // ---------- tasks ----------
@@ -601,7 +607,7 @@ function tasksPage(root, ctx) {
   const body = h("tbody");
   append(root, [h("h1", {}, "Tasks"), status,
     h("table", {}, h("caption", {}, "Stored tasks: each is a base model id, a seed and d numbers"),
-      h("thead", {}, h("tr", {}, ["Task", "Method", "d", "Bytes", "Model", "Labels", "Metrics", "Created", "Actions"]
+      h("thead", {}, h("tr", {}, ["Task", "Method", "d", "Bytes", "Model", "Outputs", "Metrics", "Created", "Actions"]
         .map((c) => h("th", { scope: "col" }, c)))), body)]);
   const refresh = async () => {
     const [tasks, serving] = await Promise.all([api("/v1/tasks?limit=100"),
@@ -651,7 +657,7 @@ function taskRow(task, pinned, refresh, status) {
   return h("tr", { "data-task": task.id },
     h("td", { class: "mono" }, task.id), h("td", {}, task.method, task.said_groups ? ` (${task.said_groups})` : ""),
     h("td", { class: "num" }, task.dim), h("td", { class: "num" }, task.bytes), h("td", {}, task.model),
-    h("td", {}, (task.label_names || []).join(", ")), h("td", {}, metricsText(task.metrics)), h("td", {}, when(task.created_at)),
+    h("td", {}, outputsText(task)), h("td", {}, metricsText(task.metrics)), h("td", {}, when(task.created_at)),
     h("td", { class: "actions" }, h("a", { href: `#/playground/${encodeURIComponent(task.id)}`, "aria-label": `Try ${task.id}` }, "Try"),
       " ", download, " ", pin, " ", remove));
 }
@@ -689,13 +695,24 @@ function playgroundPage(root, ctx, chosen) {
     list.replaceChildren(...tasks.data.map((task, i) => h("div", { class: "check" },
       h("input", { type: "checkbox", id: `task-${i}`, value: task.id, checked: picked.has(task.id) }),
       h("label", { for: `task-${i}` }, h("span", { class: "mono" }, task.id),
-        ` · ${task.method} d=${task.dim} · labels ${(task.label_names || []).join(", ")}`))));
+        ` · ${task.method} d=${task.dim} · ${outputsText(task)}`))));
     if (!tasks.data.length) list.append(h("p", {}, "No tasks yet."));
   }).catch((err) => { formError.textContent = `Could not list tasks: ${err.message}`; });
   void ctx;
 }
 
+/** A task's outputs: its labels, or "regression" for a task that predicts a number. */
+function outputsText(task) {
+  if (task.task_type === "regression") return "regression (a score)";
+  return `labels ${(task.label_names || []).join(", ")}`;
+}
+
 function outputCard(out) {
+  if (typeof out.score === "number") {
+    return h("section", { class: "card result", "data-task": out.task, "aria-label": `Result of ${out.task}` },
+      h("h2", { class: "mono" }, out.task),
+      h("p", {}, "Score: ", h("strong", { class: "num score", "data-score": String(out.score) }, fmt(out.score))));
+  }
   const scores = Object.entries(out.scores || {}).sort((a, b) => b[1] - a[1]);
   return h("section", { class: "card result", "data-task": out.task, "aria-label": `Result of ${out.task}` },
     h("h2", { class: "mono" }, out.task),
@@ -753,7 +770,8 @@ function searchPage(root, ctx, id) {
     const lines = [];
     if (typeof r.bar === "number") lines.push({ y: r.bar, label: "90 % bar", cls: "bar" });
     if (typeof r.full_metric === "number") lines.push({ y: r.full_metric, label: "full", cls: "full" });
-    if (typeof r.floor === "number") lines.push({ y: r.floor, label: "majority", cls: "floor" });
+    const constant = ["pearson", "spearman"].includes(search.hyperparameters?.metric) ? "constant" : "majority";
+    if (typeof r.floor === "number") lines.push({ y: r.floor, label: constant, cls: "floor" });
     const byD = new Map(points.map((p) => [p.d, p]));
     chart.replaceChildren(lineChart({ title: "Metric against d (log scale), with the 90 % line", x: "d", y: "metric",
       logX: true, lines, band: r.bracket || null,
