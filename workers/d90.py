@@ -29,6 +29,7 @@ from app.d90 import (
     scale_info,
     task_file_name,
     train_run,
+    with_generalisation,
 )
 from app.db.models import Dataset, Job
 from app.engine.artifact import TaskArtifact
@@ -114,7 +115,7 @@ def run_d90_job(
         spread = _spread(session, job, board, workers, reporter)
         result = run_d90(setup, plan, train, eval_, out, device, reporter, on_event, reuse, spread)
         metrics = {"setup": setup.__dict__} | scale_info(setup, plan.method, train)
-        metrics |= result.to_dict()
+        metrics |= with_generalisation(result.to_dict(), out, setup.metric)
         best = out / "d90-task.safetensors"
         found = result.d90 is not None and best.exists()
         return (TaskArtifact.load(best) if found else None), metrics

@@ -125,8 +125,8 @@ def _run_training(
             if _failed(reporter, exc, _NO_CHECKPOINT):
                 store.remove(job.id)
             raise
-    metrics = reported(outcome.metrics)
-    artifact = outcome.artifact.with_metrics(metrics) if outcome.artifact is not None else None
+    metrics = reported(outcome.metrics)  # the job shows them all; the task keeps what its file does
+    artifact = outcome.artifact
     reporter.finish("succeeded", values={"metrics": metrics, **_NO_CHECKPOINT},
                     also=_task_storer(job, artifact))  # fmt: skip
     store.remove(job.id)

@@ -1,5 +1,6 @@
 """The ML core of kilotask: fastfood-v1 projection, DID/SAID subspace models, the lowrank
-method (lowrank-v1) and its mixed-task forward, the method registry, trainer, task files,
+method (lowrank-v1) and its mixed-task forward, the method registry, task types
+(classification, regression), trainer, task files,
 reconstruction and export. Pure torch + transformers: nothing here imports the web, database or
 queue layers, and nothing reads settings or the environment beyond the HF hub switches and
 KILOTASK_MODELS_DIR (where installed base models such as mpnet-base live)."""
@@ -25,10 +26,12 @@ from app.engine.pipeline import Prediction, TrainOutcome, TrainRequest, predict_
 from app.engine.reconstruct import load_task_model, reconstruct
 from app.engine.spec import SPEC_VERSION
 from app.engine.subspace import SubspaceConfig, SubspaceModel
+from app.engine.task_types import TASK_TYPES, OutputSpace, fit_output_space
 from app.engine.trainer import TrainCallbacks, TrainConfig, TrainingCancelled
 
 __all__ = [
     "SPEC_VERSION",
+    "TASK_TYPES",
     "ArtifactFormatError",
     "BaseModel",
     "BaseModelMismatchError",
@@ -43,6 +46,7 @@ __all__ = [
     "Method",
     "MixedLowRankModel",
     "ModelNotFoundError",
+    "OutputSpace",
     "Prediction",
     "Projection",
     "SpecVersionError",
@@ -57,6 +61,7 @@ __all__ = [
     "TrainRequest",
     "TrainingCancelled",
     "export_task",
+    "fit_output_space",
     "get_method",
     "get_projection",
     "load_base",

@@ -109,3 +109,11 @@ def reported(metrics: dict[str, float]) -> dict[str, float]:
     train-sample ones (`train_<name>`) and the relative `gap` as they are."""
     kept = ("train_", "gap")
     return {k if k.startswith(kept) else f"eval_{k}": v for k, v in metrics.items()}
+
+
+def kept_in_task(reported_metrics: dict[str, float], metric: str) -> dict[str, float]:
+    """What a task file keeps of the reported metrics: the held-out ones, the train sample's
+    value of the selection `metric` and the gap, so that a d=200 task stays under 1 KB (jobs
+    and the CLI summary show every train-sample metric)."""
+    kept = (f"train_{metric}", "gap")
+    return {k: v for k, v in reported_metrics.items() if k.startswith("eval_") or k in kept}

@@ -16,7 +16,7 @@ from app.engine.data import ColumnSpec, LabelledText, TokenizedDataset, make_loa
 from app.engine.errors import DataFormatError, SubspaceConfigError
 from app.engine.groups import DEFAULT_SAID_GROUPS
 from app.engine.methods import TaskSettings, check_settings, get_method
-from app.engine.metrics import reported
+from app.engine.metrics import kept_in_task, reported
 from app.engine.reconstruct import load_task_model
 from app.engine.task_types import CLASSIFICATION, OutputSpace, fit_output_space
 from app.engine.trainer import (
@@ -25,6 +25,7 @@ from app.engine.trainer import (
     predict_logits,
     run_context,
     score,
+    selection_metric,
     train,
     train_probe,
 )
@@ -169,7 +170,7 @@ def train_task(
         lam=model.lam,
         dtype=req.storage_dtype,
         spec=get_method(method).spec,
-        task_type=space.task_type,
+        task_type=None if space.task_type == CLASSIFICATION else space.task_type,
         target_stats=None if space.target_stats is None else list(space.target_stats),
         **model.artifact_fields(),
     )
@@ -179,7 +180,8 @@ def train_task(
     if eval_set is not None and req.storage_dtype != "float32":
         probe = train_probe(train_set, req.config.train_eval_rows)
         metrics = score(model, eval_set, probe, req.config, pad_id, device)
-    artifact = replace(artifact, metrics=reported(metrics))
+    selected = selection_metric(req.config, space)
+    artifact = replace(artifact, metrics=kept_in_task(reported(metrics), selected))
     return TrainOutcome(
         metrics, result.step, result.history, artifact, model.materialize(), base.tokenizer
     )

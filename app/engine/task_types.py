@@ -166,7 +166,8 @@ class Regression(TaskType):
         std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
         if not std > 0:
             raise DataFormatError(f"every training target is {values[0]:g}: nothing to learn.")
-        return OutputSpace(REGRESSION, (), (mean, std))
+        # 6 significant digits: what the task file stores is exactly what training used
+        return OutputSpace(REGRESSION, (), (float(f"{mean:.6g}"), float(f"{std:.6g}")))
 
     def size(self, space: OutputSpace) -> int:
         return 1

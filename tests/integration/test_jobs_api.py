@@ -159,3 +159,32 @@ def test_did_task_without_lambdas_round_trips(client, auth, tiny_bert):
     assert r.status_code == 201, r.text
     back = client.get(f"/v1/tasks/{r.json()['id']}/vector", headers=auth).content
     assert TaskArtifact.from_bytes(back).digest == TaskArtifact.from_bytes(data).digest
+
+
+def test_a_numeric_label_needs_the_task_type_for_jobs_and_searches(client, auth, tiny_bert):
+    """A regression dataset: a job or a d90 search without "task" is 422 with a message that
+    names "task": "regression"; accuracy for a regression task is 422; with the task type the
+    job is queued, says so, and its metric defaults to pearson (a search stores it)."""
+    from tests.factories import rating_rows
+    from tests.integration.test_api_basics import tsv
+    from tests.integration.test_d90_api import search_body
+
+    files = {"file": ("r.tsv", tsv(rating_rows(40)), "text/plain")}
+    ds = client.post("/v1/datasets", files=files, headers=auth).json()["id"]
+    before = client.get("/v1/jobs", headers=auth).json()["total"]
+    for path, payload in (("/v1/jobs", body(tiny_bert, ds)),
+                          ("/v1/intrinsic-dimension", search_body(tiny_bert, ds))):  # fmt: skip
+        r = client.post(path, json=payload, headers=auth)
+        assert r.status_code == 422 and '"task": "regression"' in r.json()["error"]["message"]
+    wrong = body(tiny_bert, ds, task="regression")
+    wrong["hyperparameters"]["metric"] = "accuracy"
+    r = client.post("/v1/jobs", json=wrong, headers=auth)
+    assert r.status_code == 422 and "pearson, spearman" in r.json()["error"]["message"]
+    assert client.get("/v1/jobs", headers=auth).json()["total"] == before  # nothing stored
+    job = client.post("/v1/jobs", json=body(tiny_bert, ds, task="regression"), headers=auth)
+    assert job.status_code == 202 and job.json()["task"] == "regression", job.text
+    search = client.post("/v1/intrinsic-dimension", headers=auth,
+                         json=search_body(tiny_bert, ds, task="regression"))  # fmt: skip
+    assert search.status_code == 202, search.text
+    assert search.json()["task"] == "regression"
+    assert search.json()["hyperparameters"]["metric"] == "pearson"

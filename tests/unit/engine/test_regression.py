@@ -174,7 +174,19 @@ def test_classification_is_unchanged_by_default(tiny_bert, tmp_path):
         config=TrainConfig(max_steps=2, batch_size=16),
     )  # fmt: skip
     out = train_task(req)
-    assert out.artifact.task_type == "classification" and out.artifact.target_stats is None
+    # a classifier's file has no task_type key: byte-equal to the files from before regression
+    assert out.artifact.task_type is None and out.artifact.target_stats is None
+    assert out.artifact.space.task_type == "classification"
+    kept = set(out.artifact.metrics)  # the file keeps the selection metric's train value
+    assert {"eval_accuracy", "train_accuracy", "gap"} <= kept and "train_mcc" not in kept
     assert "accuracy" in out.metrics and "train_accuracy" in out.metrics
     row = predict_task(out.artifact, train).outputs[0]
     assert set(row) == {"label", "scores"} and sum(row["scores"].values()) == pytest.approx(1)
+
+
+def test_the_cli_choices_match_the_engine():
+    """app.cli spells the task types and metrics out (parsing imports no torch)."""
+    from app import cli
+    from app.engine.task_types import METRICS, TASK_TYPES
+
+    assert cli.TASK_TYPES == TASK_TYPES and cli.METRICS == METRICS
