@@ -493,7 +493,9 @@ def curve_figure(results: dict, metric: str):
         share = results.get("plan", {}).get("threshold", 0.9)
         ax.axhline(results["bar"], color="red", linestyle=":", label=f"{share:.0%} bar")
     if results.get("floor") is not None:
-        ax.axhline(results["floor"], color="black", alpha=0.3, label="majority class")
+        constant = metric in ("pearson", "spearman")  # regression: a constant prediction
+        ax.axhline(results["floor"], color="black", alpha=0.3,
+                   label="constant prediction" if constant else "majority class")  # fmt: skip
     censored = results.get("censored")
     if results.get("d90") is not None:
         label = f"d90 = {results['d90']}"
