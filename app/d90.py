@@ -409,8 +409,12 @@ def run_generalisation(out: Path, run: Run, metric: str) -> dict:
     if not path.exists():
         return {}
     from app.engine.artifact import TaskArtifact
+    from app.engine.errors import ArtifactFormatError
 
-    recorded = TaskArtifact.load(path).metrics
+    try:
+        recorded = TaskArtifact.load(path).metrics
+    except ArtifactFormatError:  # not a task file: no gap to show, the search still finishes
+        return {}
     seen = {"train_metric": recorded.get(f"train_{metric}"), "gap": recorded.get("gap")}
     return {k: v for k, v in seen.items() if v is not None}
 

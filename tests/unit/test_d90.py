@@ -242,8 +242,9 @@ def test_killed_search_with_seeds_resumes_without_redoing_runs(fake, data, tmp_p
     assert result.d90 == 1000 and 1000 / result.bracket[0] <= 1.1
     runs = json.loads((out / "state.json").read_text())["runs"]
     rows = (out / "points.csv").read_text().splitlines()
-    assert rows[0] == "kind,d,lr,seed,accuracy" and len(rows) == 1 + len(runs)
-    assert "said,1000,0.2,2,0.850000" in rows and "said,1000,0.2,0,0.800000" in rows
+    assert rows[0] == "kind,d,lr,seed,accuracy,train_accuracy,gap" and len(rows) == 1 + len(runs)
+    # these fake runs' task files are not task files: no train metric or gap to show
+    assert "said,1000,0.2,2,0.850000,," in rows and "said,1000,0.2,0,0.800000,," in rows
     saved = json.loads((out / "results.json").read_text())
     assert saved["points"][1]["seeds"] == [0.80, 0.84, 0.85] and saved["points"][1]["sd"] > 0
     assert (out / "runs" / "said-d1000-lr0.2-seed2.safetensors").read_bytes() == b"said-1000-0.2-2"
