@@ -32,9 +32,9 @@ from transformers import (  # noqa: E402
 
 import app  # noqa: E402, F401  (huge pages for D-sized CPU buffers)
 from app.engine.artifact import TaskArtifact  # noqa: E402
-from app.engine.fastfood import get_projection  # noqa: E402
 from app.engine.flat import flatten, layout_of  # noqa: E402
 from app.engine.lowrank import LowRankConfig, LowRankModel  # noqa: E402
+from app.engine.projections import get_projection  # noqa: E402
 from app.engine.reconstruct import add_task_delta_  # noqa: E402
 from app.engine.subspace import SubspaceConfig, SubspaceModel, projected_dim  # noqa: E402
 

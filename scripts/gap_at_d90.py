@@ -3,7 +3,8 @@
 The paper (§5.3) finds that tasks and models with a lower d90 generalise better: a smaller
 relative gap (train - eval) / (1 - eval). The d90 searches under docs/d90/ record only the dev
 metric of each run, so this script retrains each search's run at its d90 (same setup, the
-learning rate of that point, seed 0, through app.d90.train_run, the code path the search uses)
+learning rate of that point, seed 0, through app.search.d90.train_run, the code path the search
+uses)
 and records the dev metric, the metric on the trainer's fixed 512-row training sample and the
 relative gap in <search>/gap.json. With --figure it plots d90 (log x) against the gap in %.
 
@@ -79,11 +80,12 @@ def recorded(search: Path) -> dict | None:
 
 
 def retrain(search: Path, glue: Path) -> dict:
-    from app.d90 import D90Setup, train_run
     from app.engine.artifact import TaskArtifact
     from app.engine.data import read_table
     from app.engine.metrics import relative_gap
     from app.engine.trainer import TrainCallbacks
+    from app.search.d90 import train_run
+    from app.search.setup import D90Setup
 
     class Seen(TrainCallbacks):
         """Progress, and the last evaluation's metrics unrounded (a task file rounds them)."""
@@ -156,7 +158,7 @@ def retrain(search: Path, glue: Path) -> dict:
 
 def gap_figure(rows: list[dict]):
     """d90 (log x) against the relative gap in %, one labelled point per search, coloured by
-    task; figure size and style as app.d90.curve_figure."""
+    task; figure size and style as app.search.curve.curve_figure."""
     import matplotlib
 
     matplotlib.use("Agg")

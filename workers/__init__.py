@@ -1,1 +1,2 @@
-"""Celery workers: thin task adapters over app/engine. Only the worker process imports this."""
+"""Celery workers: the Celery app and thin tasks that take a job id and call app/. Only the
+worker process imports this."""

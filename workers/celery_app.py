@@ -1,7 +1,7 @@
 """The worker's Celery app: `celery -A workers.celery_app worker -Q gpu -P solo` (one process
 per GPU: CUDA does not survive fork). `kilotask worker` runs exactly that.
 
-Every worker also runs the sweeper (app/sweeper.py) on a thread, so a job whose worker died is
+Every worker also runs the sweeper (app/jobs/sweeper.py) on a thread, so a job whose worker died is
 requeued by any surviving worker, whatever the broker's visibility timeout.
 """
 
@@ -11,8 +11,8 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from app.config import get_settings
-from app.queue import celery_config
-from app.sweeper import Sweeper
+from app.jobs.queue import celery_config
+from app.jobs.sweeper import Sweeper
 
 
 def make_celery() -> Celery:

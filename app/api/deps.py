@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
-from app.auth import tenant_for_key
 from app.config import Settings, get_settings
 from app.db.session import session_factory
+from app.records.keys import tenant_for_key
 from app.schemas.common import ID_PATTERN
 
 

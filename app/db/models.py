@@ -102,7 +102,7 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # attempts is also the fencing token: each claim by a worker bumps it, and every write a
-    # worker makes checks it (app/leases.py), so a worker that lost its lease writes nothing.
+    # worker makes checks it (app/jobs/leases.py), so a worker that lost its lease writes nothing.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the worker
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -19,10 +19,15 @@ from app.engine.errors import (
     SubspaceConfigError,
 )
 from app.engine.export import export_task
-from app.engine.fastfood import FastfoodProjection, Projection, get_projection, project
+from app.engine.fastfood import FastfoodProjection, Projection, project
+
+# Importing a method's module registers it (app/engine/methods.py), as PEFT's tuners do: every
+# import of an app.engine module runs this file first, so every method is registered by the time
+# any code can look one up.
 from app.engine.lowrank import LowRankConfig, LowRankModel, MixedLowRankModel
 from app.engine.methods import Method, TaskSettings, get_method, method_names, register
 from app.engine.pipeline import Prediction, TrainOutcome, TrainRequest, predict_task, train_task
+from app.engine.projections import get_projection
 from app.engine.reconstruct import load_task_model, reconstruct
 from app.engine.spec import SPEC_VERSION
 from app.engine.subspace import SubspaceConfig, SubspaceModel

@@ -223,31 +223,6 @@ def read_table(
     return LabelledText(column(spec.text), pairs, labels, spec, list(header))
 
 
-def label_names_from(labels: list[str]) -> list[str]:
-    """The distinct labels, in numeric order if all are integers, else lexicographic."""
-    names = set(labels)
-    try:
-        ordered = sorted(names, key=lambda s: (int(s), s))
-    except ValueError:
-        ordered = sorted(names)
-    if len(ordered) < 2:
-        found = f"only {ordered[0]!r}" if ordered else "none"
-        raise DataFormatError(f"need at least 2 classes, found {found}.")
-    return ordered
-
-
-def encode_labels(labels: list[str], label_names: list[str]) -> list[int]:
-    """Map label strings to their index in `label_names`."""
-    index = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted({label for label in labels if label not in index})
-    if unknown:
-        raise DataFormatError(
-            f"unknown labels {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
-            f"({len(unknown)} in all); the known labels are {label_names}."
-        )
-    return [index[label] for label in labels]
-
-
 class TokenizedDataset(torch.utils.data.Dataset):
     """Every row tokenized once up front (no padding): lists of token ids per row, and the
     row's training target (a class index, or a standardised number) when `space` is given."""

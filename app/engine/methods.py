@@ -2,8 +2,8 @@
 
 Each method registers itself once (as PEFT's tuners do with `register_peft_method`), so the
 trainer, the pipeline, reconstruction and serving look a method up here instead of branching on
-its name. SAID and DID (app/engine/subspace.py) and lowrank (app/engine/lowrank/) register at
-import of `app.engine`.
+its name. SAID and DID (app/engine/subspace.py) and lowrank (app/engine/lowrank/) register
+themselves when `app.engine` imports them; this module imports none of its members.
 """
 
 from __future__ import annotations
@@ -83,12 +83,6 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def _load_builtin() -> None:
-    """The built-in methods register when their modules are imported."""
-    import app.engine.lowrank  # noqa: F401
-    import app.engine.subspace  # noqa: F401
-
-
 def register(method: Method) -> Method:
     """Register `method` under its name (lower case, unique)."""
     if method.name != method.name.lower() or not method.name.isidentifier():
@@ -100,7 +94,6 @@ def register(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
-    _load_builtin()
     if name not in _METHODS:
         known = ", ".join(sorted(_METHODS))
         raise SubspaceConfigError(f"method must be one of {known}, got {name!r}")
@@ -108,12 +101,10 @@ def get_method(name: str) -> Method:
 
 
 def method_names() -> list[str]:
-    _load_builtin()
     return sorted(_METHODS)
 
 
 def known_specs() -> set[str]:
-    _load_builtin()
     return {m.spec for m in _METHODS.values()}
 
 

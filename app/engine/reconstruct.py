@@ -13,10 +13,10 @@ from torch import nn
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, load_base
 from app.engine.errors import BaseModelMismatchError, SubspaceConfigError
-from app.engine.fastfood import get_projection
 from app.engine.flat import FlatLayout
 from app.engine.groups import said_groups
 from app.engine.methods import TaskSettings, get_method
+from app.engine.projections import get_projection
 from app.engine.spec import SPEC_VERSION
 from app.engine.subspace import SubspaceConfig, projected_dim
 

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from app.engine.base import canonical_names
 from app.engine.errors import SubspaceConfigError
-from app.engine.fastfood import Projection, get_projection, project
+from app.engine.fastfood import Projection, project
 from app.engine.groups import (
     DEFAULT_SAID_GROUPS,
     ScaleGroups,
@@ -32,9 +32,11 @@ from app.engine.groups import (
     said_groups,
     said_groups_of_model,
 )
+from app.engine.methods import Method, TaskSettings, register
+from app.engine.projections import get_projection
 from app.engine.spec import MAX_SEED, SPEC_VERSION
 
-Method = Literal["said", "did"]
+SubspaceMethod = Literal["said", "did"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class SubspaceConfig:
     said_groups: SAID only: "layer" (one λ per layer group, the default) or "tensor".
     """
 
-    method: Method = "said"
+    method: SubspaceMethod = "said"
     dim: int = 1000
     seed: int = 0
     spec: str = SPEC_VERSION
@@ -313,7 +315,6 @@ class SubspaceModel(nn.Module):
 
 def _register() -> None:
     """SAID and DID in the method registry (app/engine/methods.py)."""
-    from app.engine.methods import Method, TaskSettings, register
 
     def grouping(settings: TaskSettings) -> str:
         return settings.option_dict.get("said_groups", DEFAULT_SAID_GROUPS)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine.data import encode_labels, label_names_from
 from app.engine.errors import DataFormatError
 from app.engine.metrics import classification_metrics, regression_metrics
 
@@ -28,6 +27,32 @@ TASK_TYPES = (CLASSIFICATION, REGRESSION)
 # Numeric labels with more distinct values than this (or any fractional one) look like a
 # regression target: a classifier over them is refused unless the task type is given.
 MAX_NUMERIC_CLASSES = 20
+
+
+# Class labels: named by the training set, ordered the same way on every machine.
+def label_names_from(labels: list[str]) -> list[str]:
+    """The distinct labels, in numeric order if all are integers, else lexicographic."""
+    names = set(labels)
+    try:
+        ordered = sorted(names, key=lambda s: (int(s), s))
+    except ValueError:
+        ordered = sorted(names)
+    if len(ordered) < 2:
+        found = f"only {ordered[0]!r}" if ordered else "none"
+        raise DataFormatError(f"need at least 2 classes, found {found}.")
+    return ordered
+
+
+def encode_labels(labels: list[str], label_names: list[str]) -> list[int]:
+    """Map label strings to their index in `label_names`."""
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({label for label in labels if label not in index})
+    if unknown:
+        raise DataFormatError(
+            f"unknown labels {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
+            f"({len(unknown)} in all); the known labels are {label_names}."
+        )
+    return [index[label] for label in labels]
 
 
 @dataclass(frozen=True)

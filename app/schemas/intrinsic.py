@@ -103,7 +103,7 @@ class D90Public(JobPublic):
     def of(cls, job) -> D90Public:
         results = job.metrics or {}
         if "bar" in results and "monotone" not in results:  # a search from before censoring
-            from app.d90 import upgrade_results  # (imports torch: only for such old rows)
+            from app.search.plan import upgrade_results  # (imports torch: only for such old rows)
 
             results = upgrade_results(results)
         return cls(**JobPublic.of(job).model_dump(), results=results)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.engine.artifact import TaskArtifact
-from app.engine.fastfood import projection_cache_info
 from app.engine.methods import get_method
+from app.engine.projections import projection_cache_info
 from app.serving.batcher import MicroBatcher
 from app.serving.cache import MEMORY_WAIT_S, TaskCache
 from app.serving.lowrank_pool import LowRankPool

@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app.auth import create_key
 from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.session import session_factory
 from app.main import create_app
+from app.records.keys import create_key
 
 BACKENDS = [
     b.strip() for b in os.environ.get("KILOTASK_TEST_BACKENDS", "sqlite,postgres").split(",")

@@ -11,13 +11,13 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import tenant_for_key
 from app.config import Settings
 from app.db.models import Job
 from app.db.session import session_factory
 from app.errors import IdempotencyMismatchError
-from app.jobs import create_job, find_idempotent, request_hash
+from app.jobs.service import create_job, find_idempotent, request_hash
 from app.main import create_app
+from app.records.keys import tenant_for_key
 from tests.integration.conftest import new_key
 from tests.integration.test_d90_api import search_body
 from tests.integration.test_jobs_api import body

@@ -9,13 +9,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.checkpoint_store import CheckpointStore
 from app.db.models import Dataset, Job, JobEvent, utcnow
 from app.db.session import get_engine
-from app.leases import LeaseLost, claim
-from app.sweeper import sweep
-from workers import tasks
-from workers.reporter import JobReporter
+from app.jobs.checkpoint_store import CheckpointStore
+from app.jobs.leases import LeaseLost, claim
+from app.jobs.reporter import JobReporter
+from app.jobs.runner import run_job
+from app.jobs.sweeper import sweep
+from app.jobs.training import run_training
+from workers.tasks import JOB_RUNNERS
 
 
 def _full_job(settings, dataset_id: str, model: str) -> str:
@@ -39,7 +41,6 @@ def test_a_full_job_checkpoints_to_the_store_and_resumes_from_it(
     settings, dataset, tiny_bert, monkeypatch
 ):
     settings = settings.model_copy(update={"checkpoint_every": 5})
-    monkeypatch.setattr(tasks, "get_settings", lambda: settings)
     store = CheckpointStore(settings.checkpoint_dir)
     job_id = _full_job(settings, dataset, str(tiny_bert))
     seen: dict = {}
@@ -65,14 +66,14 @@ def test_a_full_job_checkpoints_to_the_store_and_resumes_from_it(
     with Session(get_engine(settings), expire_on_commit=False) as session:
         job = session.get(Job, job_id)
         with pytest.raises(LeaseLost):  # the job was requeued under it: it writes nothing more
-            tasks._run_training(session, job, lease, 5, "cpu")
+            run_training(session, job, lease, settings, "cpu")
     monkeypatch.setattr(JobReporter, "on_checkpoint", on_checkpoint)
     assert seen["ref"] == f"{job_id}.attempt-1.ckpt" and seen["blob"] is None
     assert seen["size"] > 100_000  # the weights and Adam moments are in the file, not the row
     queued = _row(settings, job_id)
     assert queued.status == "queued" and queued.checkpoint_ref == seen["ref"]
 
-    assert tasks.run_job(job_id) == "succeeded"
+    assert run_job(job_id, "cpu", JOB_RUNNERS, settings) == "succeeded"
     done = _row(settings, job_id)
     assert done.status == "succeeded" and done.attempts == 2
     assert done.checkpoint is None and done.checkpoint_ref is None

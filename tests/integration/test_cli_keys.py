@@ -90,13 +90,13 @@ def test_keys_list_and_revoke(home):
 def test_a_revoked_key_gets_401_at_once(tmp_path, monkeypatch):
     from sqlalchemy import select
 
-    from app.auth import create_key, hash_key
     from app.cli import main
     from app.config import Settings, get_settings
     from app.db.migrate import upgrade
     from app.db.models import ApiKey
     from app.db.session import session_factory
     from app.main import create_app
+    from app.records.keys import create_key, hash_key
 
     url = f"sqlite:///{tmp_path / 'kilotask.db'}"
     upgrade(url)

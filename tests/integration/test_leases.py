@@ -11,17 +11,17 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.auth import create_key
 from app.config import Settings
 from app.db.models import Dataset, Job, JobEvent, Task, utcnow
 from app.db.session import get_engine
 from app.engine.base import load_base
-from app.leases import Lease, LeaseLost, claim, worker_name
-from app.queue import enqueue_train, waiting_job_ids
-from app.sweeper import expire_leases_of, sweep
+from app.jobs.leases import Lease, LeaseLost, claim, worker_name
+from app.jobs.queue import enqueue_train, waiting_job_ids
+from app.jobs.reporter import JobReporter
+from app.jobs.sweeper import expire_leases_of, sweep
+from app.records.keys import create_key
+from app.records.tasks import task_storer
 from tests.factories import make_task
-from workers.reporter import JobReporter
-from workers.tasks import _task_storer
 
 
 @pytest.fixture()
@@ -96,10 +96,10 @@ def test_task_row_is_written_only_with_the_lease(settings, job_id, tiny_bert):
     sweep(settings)
     newer = _claim(settings, job_id)
     with pytest.raises(LeaseLost):
-        stale.finish("succeeded", also=_task_storer(_job(settings, job_id), artifact))
+        stale.finish("succeeded", also=task_storer(_job(settings, job_id), artifact))
     with Session(get_engine(settings)) as session:
         assert session.scalar(select(Task).where(Task.job_id == job_id)) is None
-    JobReporter(newer).finish("succeeded", also=_task_storer(_job(settings, job_id), artifact))
+    JobReporter(newer).finish("succeeded", also=task_storer(_job(settings, job_id), artifact))
     job = _job(settings, job_id)
     assert job.status == "succeeded" and job.task_id is not None and job.lease_owner is None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.supervisor import WorkerSupervisor
+from app.jobs.supervisor import WorkerSupervisor
 from tests.factories import sentiment_rows, write_tsv
 from tests.integration.services import free_port
 
@@ -52,7 +52,7 @@ def test_the_supervisor_reaps_restarts_and_reports_a_dying_worker():
 def test_a_worker_that_cannot_start_is_reported_down_after_the_grace(settings):
     from fastapi.testclient import TestClient
 
-    from app import supervisor
+    from app.jobs import supervisor
     from app.main import create_app
 
     sup = WorkerSupervisor(["/nonexistent/kilotask-worker"]).start()

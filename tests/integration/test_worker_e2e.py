@@ -22,7 +22,7 @@ from app.engine.artifact import TaskArtifact
 from app.engine.data import read_table
 from app.engine.pipeline import predict_task
 from app.main import create_app
-from app.task_records import artifact_from_row
+from app.records.tasks import artifact_from_row
 from tests.factories import sentiment_rows, write_tsv
 from tests.integration.conftest import new_key
 from tests.integration.services import fresh_database

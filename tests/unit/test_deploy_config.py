@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from app.config import Settings
-from app.queue import TRAIN_TASK, Queue
+from app.jobs.queue import TRAIN_TASK, Queue
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +37,6 @@ def test_queueing_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, app.queue, app.api.routes.jobs\nprint('torch' in sys.modules)"
+    code = "import sys, app.jobs.queue, app.api.routes.jobs\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -7,13 +7,9 @@ import time
 import pytest
 import torch
 
-from app.engine import fastfood
-from app.engine.fastfood import (
-    FastfoodProjection,
-    clear_projection_cache,
-    get_projection,
-    projection_cache_info,
-)
+from app.engine import fastfood, projections
+from app.engine.fastfood import FastfoodProjection
+from app.engine.projections import clear_projection_cache, get_projection, projection_cache_info
 
 D = 50_000  # 49 blocks of 1024: G is 200,704 bytes
 
@@ -44,14 +40,14 @@ def test_d_999_and_1000_share_one_g():
 
 def test_concurrent_cold_builds_make_g_once(monkeypatch):
     made = []
-    real = fastfood._generate_g
+    real = fastfood.generate_g
 
     def slow(*args):
         made.append(args)
         time.sleep(0.2)  # widen the window in which a second build could start
         return real(*args)
 
-    monkeypatch.setattr(fastfood, "_generate_g", slow)
+    monkeypatch.setattr(projections, "generate_g", slow)
     barrier, got = threading.Barrier(6), []
 
     def ask(d: int) -> None:
@@ -69,21 +65,21 @@ def test_concurrent_cold_builds_make_g_once(monkeypatch):
 
 
 def test_bounded_in_bytes_least_recently_used_first(monkeypatch):
-    monkeypatch.setattr(fastfood, "PROJECTION_CACHE_BYTES", 2 * g_bytes(1000) + 100_000)
+    monkeypatch.setattr(projections, "PROJECTION_CACHE_BYTES", 2 * g_bytes(1000) + 100_000)
     first = get_projection(1000, D, 1)
     get_projection(1000, D, 2)
     get_projection(1000, D, 1)  # seed 1 is now the most recent
     get_projection(1000, D, 3)  # over the bound: seed 2 goes, with its instance
     info = projection_cache_info()
     assert info["g_tables"] == 2 and info["projections"] == 2
-    assert info["bytes"] <= fastfood.PROJECTION_CACHE_BYTES
+    assert info["bytes"] <= projections.PROJECTION_CACHE_BYTES
     assert get_projection(1000, D, 1) is first
-    seeds = {key[1] for key in fastfood._CACHE if key[0] == "g"}
+    seeds = {key[1] for key in projections._CACHE if key[0] == "g"}
     assert seeds == {1, 3}
 
 
 def test_a_g_larger_than_the_bound_is_kept_while_newest(monkeypatch):
-    monkeypatch.setattr(fastfood, "PROJECTION_CACHE_BYTES", 1000)
+    monkeypatch.setattr(projections, "PROJECTION_CACHE_BYTES", 1000)
     a = get_projection(1000, D, 5)
     assert get_projection(1000, D, 5) is a  # not rebuilt on every call
     get_projection(1000, D, 6)
@@ -99,4 +95,4 @@ def test_runtime_stats_show_the_projection_cache():
     shown = runtime.describe()["projection_cache"]
     info = projection_cache_info()
     assert shown["mb"] == pytest.approx(info["bytes"] / 2**20) and shown["g_tables"] == 1
-    assert shown["limit_mb"] == fastfood.PROJECTION_CACHE_BYTES / 2**20
+    assert shown["limit_mb"] == projections.PROJECTION_CACHE_BYTES / 2**20

@@ -9,11 +9,11 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.openapi import AUTHED, error_responses
-from app.datasets import inspect_upload
 from app.db.models import Dataset
 from app.db.repo import get_dataset
 from app.engine.data import ColumnSpec
 from app.errors import PayloadTooLargeError
+from app.records.datasets import inspect_upload
 from app.schemas.datasets import DatasetPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

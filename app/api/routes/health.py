@@ -7,8 +7,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app import supervisor
 from app.api.deps import SessionDep, SettingsDep
+from app.jobs import supervisor
 from app.schemas.health import Health
 
 router = APIRouter(tags=["health"])

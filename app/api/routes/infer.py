@@ -13,8 +13,8 @@ from app.api.openapi import AUTHED, error_responses
 from app.db.models import Task
 from app.db.repo import get_owned
 from app.errors import InvalidInputError
+from app.records.tasks import artifact_from_row
 from app.schemas.infer import MAX_TEXT, InferInput, InferOutput, InferRequest, InferResponse
-from app.task_records import artifact_from_row
 
 router = APIRouter(tags=["inference"])
 

@@ -15,7 +15,7 @@ from app.api.routes.models import check_max_length, method_dim_range
 from app.db.models import Job
 from app.db.repo import get_dataset, get_owned
 from app.errors import InvalidInputError, InvalidStateError, NotFoundError
-from app.jobs import create_job, enqueue_or_fail, find_idempotent, request_hash
+from app.jobs.service import create_job, enqueue_or_fail, find_idempotent, request_hash
 from app.schemas.intrinsic import D90Create, D90Public
 
 router = APIRouter(prefix="/v1/intrinsic-dimension", tags=["intrinsic dimension"])
@@ -54,7 +54,7 @@ async def submit_search(
     model = body.model or settings.default_model
     await _check_range(body, model)
     await run_in_threadpool(check_max_length, model, body.max_length)
-    from app.datasets import check_task_type  # imports torch, as loading the model did
+    from app.records.datasets import check_task_type  # imports torch, as loading the model did
 
     check_task_type(
         get_dataset(session, tenant_id, body.train_dataset).label_counts, body.task, body.metric
@@ -155,7 +155,7 @@ def read_search(session: SessionDep, tenant_id: TenantDep, job_id: ResourceId) -
 )
 def curve_png(session: SessionDep, tenant_id: TenantDep, job_id: ResourceId) -> Response:
     """Metric against d with the 90 % line, like the paper's Figure 1 (partial while running)."""
-    from app.d90 import curve_bytes
+    from app.search.curve import curve_bytes
 
     job = _search(session, tenant_id, job_id)
     png = curve_bytes(job.metrics or {}, job.hyperparameters.get("metric", "accuracy"))

@@ -16,7 +16,14 @@ from app.api.routes.models import check_max_length, method_dim_range, model_info
 from app.db.models import Job, JobEvent
 from app.db.repo import get_dataset, get_owned
 from app.errors import InvalidInputError
-from app.jobs import cancel_job, create_job, enqueue_or_fail, find_idempotent, page, request_hash
+from app.jobs.service import (
+    cancel_job,
+    create_job,
+    enqueue_or_fail,
+    find_idempotent,
+    page,
+    request_hash,
+)
 from app.schemas.jobs import (
     JobCreate,
     JobEventPublic,
@@ -72,7 +79,7 @@ async def submit_job(
     model = body.model or settings.default_model
     dim = await _check_dim(body, model)
     await run_in_threadpool(check_max_length, model, body.hyperparameters.max_length)
-    from app.datasets import check_task_type  # imports torch, as loading the model did
+    from app.records.datasets import check_task_type  # imports torch, as loading the model did
 
     train_labels = get_dataset(session, tenant_id, body.train_dataset).label_counts
     check_task_type(train_labels, body.task, body.hyperparameters.metric)

@@ -13,7 +13,7 @@ from app.api.openapi import error_responses
 from app.config import Settings
 from app.db.models import Job
 from app.db.session import session_factory
-from app.queue import queue_depth
+from app.jobs.queue import queue_depth
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 

@@ -17,9 +17,9 @@ from app.db.repo import get_owned
 from app.engine.artifact import TaskArtifact
 from app.engine.errors import BaseModelMismatchError
 from app.errors import InvalidInputError, PayloadTooLargeError
-from app.jobs import page
+from app.jobs.service import page
+from app.records.tasks import artifact_from_row, row_from_artifact
 from app.schemas.tasks import TaskPublic, TasksPage
-from app.task_records import artifact_from_row, row_from_artifact
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 MAX_TASK_FILE = 64 * 2**20  # a generous cap: d = 4 M in float32 is 16 MB

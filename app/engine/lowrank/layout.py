@@ -16,8 +16,9 @@ from torch import nn
 
 from app.engine import spec
 from app.engine.errors import SubspaceConfigError
-from app.engine.fastfood import Projection, get_projection, project
+from app.engine.fastfood import Projection, project
 from app.engine.lowrank.config import LOWRANK_SPEC, LowRankConfig
+from app.engine.projections import get_projection
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,11 @@ from app.engine.data import (
     TokenizedDataset,
     batches_per_epoch,
     collate,
-    encode_labels,
-    label_names_from,
     make_loader,
     read_table,
 )
 from app.engine.errors import EngineError
-from app.engine.task_types import OutputSpace
+from app.engine.task_types import OutputSpace, encode_labels, label_names_from
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from app.engine.fastfood import FastfoodProjection, block_size, get_projection, project
+from app.engine.fastfood import FastfoodProjection, block_size, project
+from app.engine.projections import get_projection
 
 
 def dense(p: FastfoodProjection) -> torch.Tensor:

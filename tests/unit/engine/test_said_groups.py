@@ -246,7 +246,7 @@ def test_a_file_from_before_groupings_is_tensor_and_rebuilds_bit_for_bit():
     exactly as the code that wrote it computed them (its base digest is a placeholder, so the
     rebuild runs on a MiniLM-shaped model with random weights)."""
     from app.engine.base import resolve_model_path
-    from app.engine.fastfood import get_projection
+    from app.engine.projections import get_projection
 
     task = TaskArtifact.load(GOLDEN)
     assert task.said_groups is None and task.groups == "tensor"

@@ -32,8 +32,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, utcnow
-from app.heartbeat import beating
-from app.jobs import FINISHED
+from app.jobs.heartbeat import beating
+from app.jobs.service import FINISHED
 
 log = logging.getLogger("kilotask.leases")
 T = TypeVar("T")

@@ -8,7 +8,7 @@ Each sweep (every settings.sweep_every_s, and at once when `serve` sees its work
    in the broker (lost in a broker restart, or never sent because the API died) is sent again.
 
 Every change is a conditional UPDATE, so several sweepers never act twice on one job; a job
-sent twice is harmless, since only one worker can claim it (app/leases.py).
+sent twice is harmless, since only one worker can claim it (app/jobs/leases.py).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.checkpoint_store import CheckpointStore
 from app.config import Settings
 from app.db.models import Job, utcnow
 from app.db.session import get_engine
-from app.leases import event_row, worker_name
-from app.queue import enqueue_train, waiting_job_ids
+from app.jobs.checkpoint_store import CheckpointStore
+from app.jobs.leases import event_row, worker_name
+from app.jobs.queue import enqueue_train, waiting_job_ids
 
 log = logging.getLogger("kilotask.sweeper")
 

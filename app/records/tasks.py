@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app.db.models import Task
+from app.db.models import Job, Task
 from app.engine.artifact import STORAGE_DTYPES, TaskArtifact
 
 _NUMPY = {"float32": np.float32, "float16": np.float16}
@@ -74,3 +78,21 @@ def artifact_from_row(row: Task) -> TaskArtifact:
         task_type=row.task_type,
         target_stats=row.target_stats,
     )
+
+
+def task_storer(job: Job, artifact: TaskArtifact | None) -> Callable[[Session], dict]:
+    """Store the job's task in the same fenced transaction as its final status: a job whose
+    lease was lost stores nothing, and the unique job_id keeps it to one task."""
+
+    def store(session: Session) -> dict:
+        if artifact is None:
+            return {}
+        task_id = session.scalar(select(Task.id).where(Task.job_id == job.id))
+        if task_id is None:
+            row = row_from_artifact(artifact, job.tenant_id, job.id)
+            session.add(row)
+            session.flush()
+            task_id = row.id
+        return {"task_id": task_id}
+
+    return store

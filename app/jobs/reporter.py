@@ -1,6 +1,6 @@
 """JobReporter: the trainer's callbacks, writing to the job row through the worker's lease.
 
-Every write is fenced (app/leases.py), so a worker that lost its job writes nothing and stops
+Every write is fenced (app/jobs/leases.py), so a worker that lost its job writes nothing and stops
 at its next step. Progress, metrics and checkpoints are throttled and, while the database is
 unreachable, kept in memory: training goes on and the next write that gets through carries all
 of it (events keep the time they happened). The final write waits for the database.
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, JobEvent, utcnow
 from app.engine.metrics import reported
 from app.engine.trainer import TrainCallbacks
-from app.leases import Lease, LeaseLost, is_unreachable
+from app.jobs.leases import Lease, LeaseLost, is_unreachable
 
 log = logging.getLogger("kilotask.worker")
 
@@ -136,3 +136,14 @@ class JobReporter(TrainCallbacks):
             "status", status=status, **({"error": message} if code else {}),
         )  # fmt: skip
         self.flush(wait=True, also=also)
+
+    def finish_crashed(self, exc: BaseException, values: dict | None = None) -> bool:
+        """Record a crash on the job if the database lets us (the caller re-raises, so Celery
+        logs it); False if not: the lease then runs out and the job is requeued, so its
+        checkpoint must stay."""
+        try:
+            self.finish("failed", "internal_error", f"{type(exc).__name__}: {exc}", values=values)
+        except Exception as again:
+            log.warning("job %s: could not record the failure: %s", self.job_id, again)
+            return False
+        return True

@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from app.d90 import D90Setup, SearchMismatchError, resolve_setup, run_d90, train_run
 from app.engine.data import read_table
-from app.engine.intrinsic import D90Plan, run_key
+from app.search.d90 import run_d90, train_run
+from app.search.plan import D90Plan, run_key
+from app.search.setup import D90Setup, SearchMismatchError, resolve_setup
 from tests.factories import sentiment_rows, write_tsv
 
 PLAN = D90Plan(min_d=100, max_d=1000, sweep_points=2, lr_grid=(0.2,), full_lr_grid=(1e-2,))
@@ -17,7 +18,7 @@ PLAN = D90Plan(min_d=100, max_d=1000, sweep_points=2, lr_grid=(0.2,), full_lr_gr
 @pytest.fixture()
 def fake(monkeypatch):
     """No model, no training: every run scores 0.9 (full) or 0.85, and is recorded."""
-    import app.d90 as d90
+    import app.search.d90 as d90
 
     trained = []
 

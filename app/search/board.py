@@ -18,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import D90Run, utcnow
-from app.engine.intrinsic import Run, run_key
-from app.heartbeat import beating
-from app.leases import worker_name
+from app.jobs.heartbeat import beating
+from app.jobs.leases import worker_name
+from app.search.plan import Run, run_key
 
 LEASE_S = 120.0  # a run with no heartbeat for this long is taken back
 BEAT_S = 10.0

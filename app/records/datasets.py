@@ -9,9 +9,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.data import ColumnSpec, LabelledText, label_names_from, read_table
+from app.db.models import Dataset
+from app.engine.data import ColumnSpec, LabelledText, read_table
 from app.engine.errors import DataFormatError
-from app.engine.task_types import fit_output_space
+from app.engine.task_types import fit_output_space, label_names_from
 from app.errors import InvalidInputError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
@@ -86,3 +87,10 @@ def check_task_type(label_counts: dict, task_type: str | None, metric: str | Non
     space = fit_output_space(task_type, list(label_counts))
     if metric is not None:
         space.check_metric(metric)
+
+
+def labelled(ds: Dataset) -> LabelledText:
+    """A stored dataset as the engine reads it, with the columns resolved at upload."""
+    return parse(
+        ds.content, ds.filename, ColumnSpec(ds.text_column, ds.text_pair_column, ds.label_column)
+    )

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.d90 import D90Setup, SearchMismatchError, run_d90
 from app.engine.artifact import TaskArtifact
 from app.engine.data import read_table
-from app.engine.intrinsic import D90Plan, run_key
+from app.search.d90 import run_d90
+from app.search.plan import D90Plan, run_key
+from app.search.setup import D90Setup, SearchMismatchError
 from tests.factories import sentiment_rows, write_tsv
 
 
@@ -176,7 +177,7 @@ def test_a_search_over_other_d_reuses_the_runs_and_task_files_it_shares(tiny_ber
 
 @pytest.fixture()
 def fake(monkeypatch):
-    import app.d90 as d90
+    import app.search.d90 as d90
 
     class Fake:
         metric = staticmethod(lambda kind, d, lr, seed: 0.9 if kind == "full" else 0.5)
@@ -265,7 +266,7 @@ def test_a_search_folder_from_before_seeds_resumes(fake, data, tmp_path):
     old_plan = {"method": "said", "min_d": 100, "max_d": 10_000, "sweep_points": 3,
                 "tolerance": 9.0, "threshold": 0.9, "lr_grid": [0.2],
                 "full_lr_grid": [0.01]}  # fmt: skip
-    h = hashlib.sha256(json.dumps([setup._settings(), old_plan], sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps([setup.recorded_settings(), old_plan], sort_keys=True).encode())
     for table in (train, dev):
         h.update(json.dumps([table.texts, table.text_pairs, table.labels]).encode())
     assert setup.fingerprint(plan, train, dev) == h.hexdigest()
@@ -283,9 +284,11 @@ def test_a_search_folder_from_before_seeds_resumes(fake, data, tmp_path):
 
 
 def test_results_from_before_read_and_plot():
-    from app.d90 import curve_figure, read_results, upgrade_results
+    from app.search.curve import curve_figure
+    from app.search.outputs import read_results
+    from app.search.plan import upgrade_results
 
-    folder = Path(__file__).parents[2] / "docs" / "d90"
+    folder = Path(__file__).parents[3] / "docs" / "d90"
     cola = read_results(folder / "cola-said")  # nothing passed up to 6400
     assert cola["censored"] == "right" and cola["d90_text"] == "> 6400" and cola["monotone"]
     assert cola["setup"]["metric"] == "mcc" and all(p["seeds"] for p in cola["points"])
@@ -304,7 +307,7 @@ def test_results_from_before_read_and_plot():
 
 
 def test_cli_reports_censoring_and_order(fake, data, tmp_path, capsys):
-    from app.d90 import curve_figure
+    from app.search.curve import curve_figure
 
     fake.metric = staticmethod(lambda kind, d, lr, seed: 0.9)  # every d passes
     out = tmp_path / "left"

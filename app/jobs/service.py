@@ -63,7 +63,7 @@ def create_job(
 def enqueue_or_fail(session: Session, settings, job: Job) -> None:
     """Queue `job` for the workers; if the broker is down, mark it failed (it must not sit
     queued forever) and raise ServiceBusyError (503)."""
-    from app.queue import enqueue_train
+    from app.jobs.queue import enqueue_train
 
     try:
         enqueue_train(settings, job.id)

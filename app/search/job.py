@@ -1,9 +1,9 @@
-"""The d90 job: app.d90.run_d90 over a job's datasets, with its state kept in the database.
+"""The d90 job: app.search.d90.run_d90 over a job's datasets, with its state kept in the database.
 
 Resumable across workers: the search's state (every finished run's metric) is the job's
 checkpoint, rewritten after each run, so a redelivered job replays the search and runs only
 what is missing. The curve so far is the job's metrics, updated after each d. Every run goes
-through the run board (workers/d90_board.py), which keeps each run's task file, so a resumed
+through the run board (app/search/board.py), which keeps each run's task file, so a resumed
 search still has the task of a d found before the crash, and which lets up to `workers` workers
 share the runs of one d: the search's worker posts them, asks for helpers, and does runs
 itself until all are done, so it never waits on a helper that is not there.
@@ -19,28 +19,22 @@ from pathlib import Path
 import torch
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
-from app.d90 import (
-    STATE,
-    D90Setup,
-    SearchMismatchError,
-    parse_run_key,
-    run_d90,
-    scale_info,
-    task_file_name,
-    train_run,
-    with_generalisation,
-)
+from app.config import Settings
 from app.db.models import Dataset, Job
 from app.engine.artifact import TaskArtifact
 from app.engine.errors import EngineError
-from app.engine.intrinsic import D90Plan, Run, run_key
 from app.engine.trainer import TrainCallbacks, TrainingCancelled
-from app.jobs import FINISHED, add_event
-from app.leases import worker_name
-from app.queue import enqueue_d90_help
-from workers.d90_board import Claimed, RunBoard
-from workers.reporter import JobReporter
+from app.jobs.leases import Lease, LeaseLost, worker_name
+from app.jobs.queue import enqueue_d90_help
+from app.jobs.reporter import JobReporter
+from app.jobs.service import FINISHED, add_event
+from app.records.datasets import labelled
+from app.records.tasks import task_storer
+from app.search.board import Claimed, RunBoard
+from app.search.d90 import STATE, run_d90, train_run
+from app.search.outputs import parse_run_key, task_file_name, with_generalisation
+from app.search.plan import D90Plan, Run, run_key
+from app.search.setup import D90Setup, SearchMismatchError, scale_info
 
 POLL_S = 0.5
 
@@ -75,8 +69,30 @@ def setup_and_plan(job: Job, hp: dict | None = None) -> tuple[D90Setup, D90Plan]
     return setup, plan
 
 
+def run_search(session: Session, job: Job, lease: Lease, settings: Settings, device: str) -> str:
+    """Run (or resume) the search of `job` under `lease`; returns its final status. The search
+    keeps its state (its record of runs) for reuse by later searches."""
+    reporter = JobReporter(lease)
+    try:
+        artifact, metrics = run_d90_job(session, job, reporter, settings, device)
+    except TrainingCancelled:
+        reporter.finish("cancelled")
+        return "cancelled"
+    except EngineError as exc:
+        reporter.finish("failed", exc.code, str(exc))
+        return "failed"
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        session.rollback()
+        reporter.finish_crashed(exc)
+        raise
+    reporter.finish("succeeded", values={"metrics": metrics}, also=task_storer(job, artifact))
+    return "succeeded"
+
+
 def run_d90_job(
-    session: Session, job: Job, reporter: JobReporter, labelled, device: str
+    session: Session, job: Job, reporter: JobReporter, settings: Settings, device: str
 ) -> tuple[TaskArtifact | None, dict]:
     """Run the search of `job`; returns the smallest passing task (None if none passed) and
     the job's final metrics. Progress goes through `reporter`'s fenced writes."""
@@ -88,7 +104,7 @@ def run_d90_job(
     setup, plan = setup_and_plan(job, hp)
     train = labelled(session.get(Dataset, job.train_dataset_id))
     eval_ = labelled(session.get(Dataset, job.eval_dataset_id))
-    board = RunBoard(session, job.id, get_settings().run_lease_s)
+    board = RunBoard(session, job.id, settings.run_lease_s)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if job.checkpoint is not None:
@@ -112,7 +128,7 @@ def run_d90_job(
             reporter.flush(wait=kind == "run_finished")
 
         workers = int(job.hyperparameters.get("workers", 1))
-        spread = _spread(session, job, board, workers, reporter)
+        spread = _spread(settings, job, board, workers, reporter)
         result = run_d90(setup, plan, train, eval_, out, device, reporter, on_event, reuse, spread)
         metrics = {"setup": setup.__dict__} | scale_info(setup, plan.method, train)
         metrics |= with_generalisation(result.to_dict(), out, setup.metric)
@@ -121,7 +137,7 @@ def run_d90_job(
         return (TaskArtifact.load(best) if found else None), metrics
 
 
-def _spread(session: Session, job: Job, board: RunBoard, workers: int, reporter: JobReporter):
+def _spread(settings: Settings, job: Job, board: RunBoard, workers: int, reporter: JobReporter):
     """Post the runs, ask for up to `workers - 1` helpers, then do runs here while there are
     pending ones and collect the helpers' results as they land."""
 
@@ -131,7 +147,7 @@ def _spread(session: Session, job: Job, board: RunBoard, workers: int, reporter:
         wanted = {run_key(*r): r for r in runs}
         board.post(runs)
         for _ in range(min(workers, len(runs)) - 1):
-            enqueue_d90_help(get_settings(), job.id)
+            enqueue_d90_help(settings, job.id)
         reported: set[str] = set()
         while len(reported) < len(wanted):
             for key, (metric, task) in board.finished(list(wanted)).items():
@@ -167,7 +183,7 @@ class _HelperCallbacks(TrainCallbacks):
         return self.job.cancel_requested
 
 
-def help_search(session: Session, job_id: str, labelled, device: str) -> int:
+def help_search(session: Session, job_id: str, settings: Settings, device: str) -> int:
     """Do pending runs of the search `job_id` until none is left; returns how many it did."""
     job = session.get(Job, job_id)
     if job is None or job.kind != "d90" or job.status in FINISHED:
@@ -175,7 +191,7 @@ def help_search(session: Session, job_id: str, labelled, device: str) -> int:
     setup, _ = setup_and_plan(job)
     train = labelled(session.get(Dataset, job.train_dataset_id))
     eval_ = labelled(session.get(Dataset, job.eval_dataset_id))
-    board = RunBoard(session, job_id, get_settings().run_lease_s)
+    board = RunBoard(session, job_id, settings.run_lease_s)
     done = 0
     while (claimed := board.claim()) is not None:
         kind, d, lr = claimed.run

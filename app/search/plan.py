@@ -267,3 +267,19 @@ def _finish_notes(result: D90Result, points: list[DPoint]) -> None:
                 "(--seeds 3 trains more seeds for such points)."
             )
     result.notes = notes
+
+
+def upgrade_results(results: dict) -> dict:
+    """A results dict (results.json, a job's metrics) written before censoring, seeds and the
+    order check existed, with those fields filled in from its points (engine conclude); a
+    current one (or one with no search yet) comes back as it is."""
+    if "monotone" in results or "plan" not in results or "bar" not in results:
+        return results
+    points = [DPoint(**p) for p in results.get("points", [])]
+    for p in points:
+        p.seeds = p.seeds or [p.metric]
+    kept = {k: results[k] for k in ("floor", "degenerate", "finished") if k in results}
+    head = [results[k] for k in ("plan", "full_metric", "full_lr", "bar")]
+    new = conclude(D90Result(*head, points, **kept)).to_dict()
+    old = {k: v for k, v in results.items() if k != "points"}
+    return old | {k: v for k, v in new.items() if k not in old}
