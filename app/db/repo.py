@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.base import Base
@@ -23,3 +24,9 @@ def get_owned(session: Session, model: type[RowT], tenant_id: str, row_id: str, 
 
 def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
     return get_owned(session, Dataset, tenant_id, dataset_id, "dataset")
+
+
+def page(session: Session, stmt, limit: int, offset: int) -> tuple[list, int]:
+    """One page of `stmt`'s rows and the count of all of them (list routes)."""
+    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    return list(session.scalars(stmt.limit(limit).offset(offset))), int(total or 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -86,8 +86,3 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
         add_event(session, job.id, "message", message="cancel requested")
     session.commit()
     return job
-
-
-def page(session: Session, stmt, limit: int, offset: int) -> tuple[list, int]:
-    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-    return list(session.scalars(stmt.limit(limit).offset(offset))), int(total or 0)

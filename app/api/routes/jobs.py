@@ -14,16 +14,9 @@ from app.api.limits import check_active_jobs
 from app.api.openapi import AUTHED, error_responses
 from app.api.routes.models import check_max_length, method_dim_range, model_info
 from app.db.models import Job, JobEvent
-from app.db.repo import get_dataset, get_owned
+from app.db.repo import get_dataset, get_owned, page
 from app.errors import InvalidInputError
-from app.jobs.service import (
-    cancel_job,
-    create_job,
-    enqueue_or_fail,
-    find_idempotent,
-    page,
-    request_hash,
-)
+from app.jobs.service import cancel_job, create_job, enqueue_or_fail, find_idempotent, request_hash
 from app.schemas.jobs import (
     JobCreate,
     JobEventPublic,

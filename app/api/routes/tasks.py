@@ -13,11 +13,10 @@ from app.api.deps import ResourceId, SessionDep, TenantDep
 from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import check_max_length, model_info
 from app.db.models import Task
-from app.db.repo import get_owned
+from app.db.repo import get_owned, page
 from app.engine.artifact import TaskArtifact
 from app.engine.errors import BaseModelMismatchError
 from app.errors import InvalidInputError, PayloadTooLargeError
-from app.jobs.service import page
 from app.records.tasks import artifact_from_row, row_from_artifact
 from app.schemas.tasks import TaskPublic, TasksPage
 
