@@ -141,8 +141,8 @@ def test_a_base_is_held_once(tiny_bert):
         torch.testing.assert_close(
             cache.base_model(str(tiny_bert)).model(input_ids=ids).logits,
             fresh(input_ids=ids).logits,
-            rtol=0,
-            atol=0,
+            rtol=1e-6,  # not 0: weights at other addresses may take another SIMD path
+            atol=1e-7,
         )
 
 
