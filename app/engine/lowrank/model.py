@@ -71,7 +71,10 @@ class LowRankModel(nn.Module):
         def add_low_rank(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             if self._bs is None:
                 return output
-            return output + F.linear(F.linear(args[0], self.a[i]), self._bs[i])
+            correction = F.linear(F.linear(args[0], self.a[i]), self._bs[i])
+            if output.dtype != torch.float32:  # bf16 autocast: sum in fp32, as SAID's split
+                return output.float() + correction.float()  # forward does, or it is rounded off
+            return output + correction
 
         return add_low_rank
 

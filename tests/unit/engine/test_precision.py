@@ -133,3 +133,43 @@ def test_a_resume_in_another_precision_is_refused(tiny_bert, tmp_path):
     assert len(fingerprints) == 4
     with pytest.raises(SubspaceConfigError, match="precision must be one of fp32, bf16"):
         train_task(request("fp16"), None, None)
+
+
+def lowrank_update_error(tiny_bert, ratio: float) -> float:
+    """Relative error, under bf16 autocast, of the update a lowrank target's output gets when
+    its correction is `ratio` of that output (RMS); the reference is x·Aᵀ·Bᵀ in float64."""
+    from app.engine.base import load_base
+    from app.engine.lowrank import LowRankConfig, LowRankModel
+    from app.engine.lowrank.layout import task_factors
+
+    base = load_base(str(tiny_bert), num_labels=2, seed=0)
+    model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=60, rank=4, scales=False))
+    target = model.layout.targets[0]
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    module = dict(model.model.named_modules())[target.name]
+    handle = module.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    ids = torch.tensor([[2, 5, 9, 12, 3, 7, 8, 3]])
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids)  # θ = 0: the base output
+            x, plain = seen[-1]
+            model.theta.copy_(torch.randn(model.d_proj, generator=torch.Generator().manual_seed(3)))
+            bs, _ = task_factors(model.layout, model.theta, None, model.projection)
+            ref = torch.nn.functional.linear(
+                torch.nn.functional.linear(x.double(), model.a[0].double()), bs[0].double()
+            )
+            model.theta.mul_(ratio * plain.double().norm().item() / ref.norm().item())
+            ref = ref * ratio * plain.double().norm() / ref.norm()
+            model(input_ids=ids)
+            got = seen[-1][1].double() - plain.double()
+    finally:
+        handle.remove()
+    return ((got - ref).norm() / ref.norm()).item()
+
+
+def test_lowrank_bf16_keeps_a_small_correction(tiny_bert):
+    """lowrank's hook adds its correction in fp32 under bf16: a correction of 2e-3 of the
+    output (below bf16's resolution of the sum) still arrives at its own bf16 precision."""
+    errors = {ratio: lowrank_update_error(tiny_bert, ratio) for ratio in (2e-3, 2e-2)}
+    print("\ncorrection / output: relative error of the update", errors)
+    assert all(e < 0.02 for e in errors.values()), errors
