@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     steps = t.add_mutually_exclusive_group()
     steps.add_argument("--epochs", type=int)
     steps.add_argument("--max-steps", type=int)
-    t.add_argument("--lr", type=float, help="learning rate (default: 0.2 subspace, 3e-5 full)")
+    t.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: 0.2 subspace, 3e-5 full); a subspace method's is θ's at "
+        "d = 1000, scaled by √(1000/d) at other d so that a step moves the weights as far",
+    )
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: per epoch)")

@@ -33,6 +33,8 @@ class TaskModel(Protocol):
 
     def materialize(self) -> nn.Module: ...
 
+    def lr_scales(self) -> dict[str, float]: ...  # parameter name -> Adam-rate multiplier
+
 
 @dataclass(frozen=True)
 class TaskSettings:

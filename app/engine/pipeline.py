@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from app.engine import step_size
 from app.engine.artifact import TaskArtifact
 from app.engine.base import check_max_length, load_base, position_limit
 from app.engine.data import ColumnSpec, LabelledText, TokenizedDataset, make_loader
@@ -79,6 +80,8 @@ def run_fingerprint(req: TrainRequest, device: str | torch.device = "cpu") -> st
         if k not in ("eval_every", "checkpoint_every", "precision")
     }
     key = [req.model, req.dim, req.seed, req.max_length, cfg, run_context(req.config, device)]
+    if req.config.method != "full":
+        key.append({"lr_rule": step_size.RULE})  # checkpoints from before the rule: refused
     if req.task_type not in (None, CLASSIFICATION):
         key.append(req.task_type)  # classification runs keep the fingerprints they had
     options = method_options(req)

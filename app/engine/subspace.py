@@ -35,6 +35,7 @@ from app.engine.groups import (
 from app.engine.methods import Method, TaskSettings, register
 from app.engine.projections import get_projection
 from app.engine.spec import MAX_SEED, SPEC_VERSION
+from app.engine.step_size import theta_scale
 
 SubspaceMethod = Literal["said", "did"]
 
@@ -274,6 +275,10 @@ class SubspaceModel(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+
+    def lr_scales(self) -> dict[str, float]:
+        """θ's Adam rate scaled by √(1000/d') (app/engine/step_size.py); λ's is the plain one."""
+        return {"theta": theta_scale(self.d_proj)}
 
     def artifact_fields(self) -> dict:
         """Method-specific task-file fields: SAID's grouping (DID: none)."""

@@ -42,7 +42,9 @@ PRECISIONS = ("fp32", "bf16")
 class TrainConfig:
     """Optimisation settings. Subspace methods want large learning rates (θ_d lives in a
     well-conditioned d-dimensional space: the paper searches 4 values around 1e-2); full
-    fine-tuning wants the usual 1e-5 to 5e-5. Leave learning_rate None for those defaults."""
+    fine-tuning wants the usual 1e-5 to 5e-5. Leave learning_rate None for those defaults.
+    A subspace method's rate is θ's at d = 1000; at another d it is scaled so that a step
+    moves the weights as far (app/engine/step_size.py)."""
 
     method: str = "said"  # a registered method (app/engine/methods.py) or "full"
     epochs: int | None = None  # either epochs or max_steps; both None means 1 epoch
@@ -206,6 +208,16 @@ def train_probe(train_set, rows: int) -> list | None:
     return [train_set[i] for i in sorted(picked.tolist())]
 
 
+def param_groups(model: nn.Module, params: dict[str, nn.Parameter], lr: float) -> list[dict]:
+    """One optimizer group per learning rate: a subspace model scales θ's rate with d
+    (`lr_scales`, app/engine/step_size.py); full fine-tuning has one group at `lr`."""
+    scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in params.items():
+        groups.setdefault(scales.get(name, 1.0), []).append(p)
+    return [{"params": ps, "lr": lr * scale} for scale, ps in groups.items()]
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in _trainable(model).items()}
 
@@ -232,7 +244,7 @@ def train(
     total = config.max_steps or per_epoch * (config.epochs or 1)
     params = _trainable(model)
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = opt_cls(param_groups(model, params, config.lr), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
     eval_every = config.eval_every or per_epoch
     context = run_context(config, device)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
+from app.engine import step_size
 from app.engine.data import LabelledText
 from app.engine.pipeline import TrainRequest, train_task
 from app.engine.trainer import TrainCallbacks, TrainConfig
@@ -51,15 +52,16 @@ def load_state(out: Path, fingerprint: str, setup: D90Setup | None = None) -> di
         old_said = "context" not in state and dict((setup or D90Setup("", 0)).options).get(
             "said_groups"
         ) not in (None, "tensor")
+        hint = ""
+        if old_said:
+            hint = (" (a SAID search from before SAID groupings had one λ per tensor: "
+                    "--said-groups tensor resumes it)")  # fmt: skip
+        elif state.get("lr_rule") != step_size.RULE:
+            hint = (" (it trained before the learning-rate rule, app/engine/step_size.py: "
+                    f"--reuse {out} takes its full fine-tuning into a new folder)")  # fmt: skip
         raise SearchMismatchError(
             f"{out} holds a d90 search with other settings or data; "
-            "use another --out folder (or delete it to start over)"
-            + (
-                " (a SAID search from before SAID groupings had one λ per tensor: "
-                "--said-groups tensor resumes it)"
-                if old_said
-                else ""
-            )
+            "use another --out folder (or delete it to start over)" + hint
         )
     return dict(state["runs"])
 
@@ -79,6 +81,8 @@ def load_reusable(
         check_context(state.get("context") or {}, setup, f"--reuse: the search in {source}")
         if state.get("options", []) != setup.recorded_settings().get("options", []):
             kinds = ("full",)  # its method runs trained another way: only its bar is reusable
+    if state.get("lr_rule") != step_size.RULE:
+        kinds = ("full",)  # method runs from before the learning-rate rule: another step size
     if state.get("runs_fingerprint") != runs_fingerprint:
         raise SearchMismatchError(
             f"--reuse: {source} trained with other settings or data (model, budget, batch "
@@ -148,7 +152,7 @@ def run_d90(
         done[key] = value
         state = {"fingerprint": fingerprint, "runs_fingerprint": runs_fingerprint, "runs": done}
         options = setup.recorded_settings().get("options", [])
-        state |= {"context": setup.context(), "options": options}
+        state |= {"context": setup.context(), "options": options, "lr_rule": step_size.RULE}
         write_json(out / STATE, state)
         emit("run_finished", {"run": key, setup.metric: value})
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+from app.engine import step_size
 from app.engine.data import LabelledText
 from app.engine.errors import EngineError, SubspaceConfigError
 from app.engine.task_types import OutputSpace, fit_output_space
@@ -58,7 +59,10 @@ class D90Setup:
         return fit_output_space(self.task_type, train.labels or [])
 
     def fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
-        return _digest([self.recorded_settings(), plan.settings()], train, eval_)
+        """What a resumed search must share: settings, plan, data, and the learning-rate rule
+        its method runs trained under (app/engine/step_size.py)."""
+        settings = [self.recorded_settings(), plan.settings(), {"lr_rule": step_size.RULE}]
+        return _digest(settings, train, eval_)
 
     def runs_fingerprint(self, plan: D90Plan, train: LabelledText, eval_: LabelledText) -> str:
         """What fixes a run's result besides (kind, d, lr), whatever the method and the d range

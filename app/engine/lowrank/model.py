@@ -19,6 +19,7 @@ from app.engine.lowrank.layout import (
     seeded_a,
     task_factors,
 )
+from app.engine.step_size import theta_scale
 
 
 class LowRankModel(nn.Module):
@@ -86,6 +87,10 @@ class LowRankModel(nn.Module):
             return functional_call(self.model, overrides, args=(), kwargs=batch, strict=False)
         finally:
             self._bs = None
+
+    def lr_scales(self) -> dict[str, float]:
+        """θ's Adam rate scaled by √(1000/d') (app/engine/step_size.py); λ's is the plain one."""
+        return {"theta": theta_scale(self.d_proj)}
 
     def artifact_fields(self) -> dict:
         """rank and the resolved target suffixes, so the file names exactly what it adapts."""
