@@ -123,21 +123,28 @@ def make_lowrank_task(
     model_id: str,
     num_labels: int = 2,
     seed: int = 0,
-    dim: int = 60,
+    dim: int | None = None,
     rank: int = 4,
     targets: tuple[str, ...] | None = None,
     scales: bool = True,
     gen_seed: int = 0,
+    spec: str = "lowrank-v2",
     **overrides,
 ):
     """A lowrank TaskArtifact for the base at `model_id` with random θ (and λ near 1); with
-    num_labels=1 a regression task (targets of mean 2.5 and std 1.5)."""
+    num_labels=1 a regression task (targets of mean 2.5 and std 1.5). d defaults to 60, or the
+    largest d the spec allows on the base below that."""
     from app.engine.artifact import TaskArtifact
     from app.engine.base import load_base
     from app.engine.lowrank import LowRankConfig, LowRankModel
+    from app.engine.lowrank.layout import dim_range, layout_for
 
     base = load_base(model_id, num_labels, seed)
-    model = LowRankModel(base.model, base.seeded, LowRankConfig(dim, seed, rank, targets, scales))
+    config = LowRankConfig(dim or 60, seed, rank, targets, scales, spec)
+    if dim is None:
+        dim = min(60, dim_range(layout_for(base.model, base.seeded, config))[1])
+        config = LowRankConfig(dim, seed, rank, targets, scales, spec)
+    model = LowRankModel(base.model, base.seeded, config)
     gen = torch.Generator().manual_seed(gen_seed)
     m = model.layout.num_scales
     fields = dict(
@@ -153,7 +160,7 @@ def make_lowrank_task(
         max_length=16,
         theta=torch.randn(model.d_proj, generator=gen) * 3,
         lam=1 + 0.2 * torch.randn(m, generator=gen) if m else None,
-        spec="lowrank-v1",
+        spec=spec,
         **model.artifact_fields(),
     )
     if num_labels == 1:

@@ -113,9 +113,10 @@ class TaskArtifact:
             method = get_method(self.method)
         except SubspaceConfigError as exc:
             raise ArtifactFormatError(f"task file names an unknown method: {exc}") from exc
-        if self.spec != method.spec:
+        if self.spec not in method.specs:
             raise SpecVersionError(
-                f"a {self.method} task needs projection spec '{method.spec}', the file names "
+                f"a {self.method} task needs projection spec "
+                f"{' or '.join(repr(s) for s in sorted(method.specs))}, the file names "
                 f"'{self.spec}'"
             )
         if method.scales == "required" and self.lam is None:

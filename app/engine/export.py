@@ -73,24 +73,29 @@ def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None
     base = load_base(model or task.model, num_labels=task.space.size, seed=task.seed)
     check_compatible(base, task)
     wrapped = LowRankModel(base.model, base.seeded, config_of(settings_of(task)))
+    layout = wrapped.layout
     with torch.no_grad():
-        bs, heads = task_factors(wrapped.layout, task.theta, task.lam, wrapped.projection)
+        bs, heads = task_factors(layout, task.theta, task.lam, wrapped.projections)
     prefix = "base_model.model."
     tensors: dict[str, torch.Tensor] = {}
-    for target, a, b in zip(wrapped.layout.targets, wrapped.a, bs, strict=True):
+    params = dict(base.model.named_parameters())
+    head: dict[str, torch.Tensor] = {}
+    for target, a, b in zip(layout.all_targets, wrapped.a, bs, strict=True):
+        if target in layout.head_targets:  # a seeded layer: PEFT saves it whole, merged
+            head[target.name + ".weight"] = params[target.name + ".weight"].detach() + b @ a
+            continue
         tensors[f"{prefix}{target.name}.lora_A.weight"] = a.contiguous()
         tensors[f"{prefix}{target.name}.lora_B.weight"] = b.contiguous()
-    params = dict(base.model.named_parameters())
-    head = {
+    head |= {
         name: params[name].detach() + delta
-        for (name, _), delta in zip(wrapped.layout.head, heads, strict=True)
+        for (name, _), delta in zip(layout.head, heads, strict=True)
     }
     if task.space.target_stats is not None:
         head |= fold_target_stats(task, head)
     for name, value in head.items():
         tensors[prefix + name] = value.contiguous()
     save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    head_modules = sorted({name.rsplit(".", 1)[0] for name, _ in wrapped.layout.head})
+    head_modules = _outermost_modules(base.model, set(head))
     config = {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
@@ -98,7 +103,7 @@ def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None
         "r": task.rank,
         "lora_alpha": task.rank,  # scaling = alpha / r = 1: B already holds λ_t·B_t
         "lora_dropout": 0.0,
-        "target_modules": [t.name for t in wrapped.layout.targets],
+        "target_modules": [t.name for t in layout.targets],
         "modules_to_save": head_modules,
         "bias": "none",
         "fan_in_fan_out": False,
@@ -109,9 +114,26 @@ def export_peft(task: TaskArtifact, out: Path, model: str | None = None) -> None
     }
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "README.md").write_text(
-        f"LoRA adapter exported by kilotask from a lowrank-v1 task (d = {task.dim}, rank "
+        f"LoRA adapter exported by kilotask from a {task.spec} task (d = {task.dim}, rank "
         f"{task.rank}, base '{task.model}', {_outputs(task)}).\n"
     )
+
+
+def _outermost_modules(model: torch.nn.Module, names: set[str]) -> list[str]:
+    """The head as PEFT's modules_to_save: for each tensor, the outermost module whose
+    parameters are all head tensors (RoBERTa's `classifier`, not `classifier.dense` and
+    `classifier.out_proj`: PEFT wraps `classifier` itself for SEQ_CLS, and a wrapper inside a
+    wrapper does not load)."""
+    params = [n for n, _ in model.named_parameters()]
+    outer = set()
+    for name in names:
+        parts = name.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if all(p in names for p in params if p.startswith(prefix + ".")):
+                outer.add(prefix)
+                break
+    return sorted(outer)
 
 
 def _outputs(task: TaskArtifact) -> str:

@@ -70,6 +70,7 @@ class Method:
     dim_range: (base classifier, seeded names, settings) -> the (low, high) d it accepts.
     option_names: method-specific options it accepts; any other option is refused.
     mixable: rows of different tasks of this method can share one forward pass (serving).
+    older_specs: specs of earlier task files it still reads and serves (new tasks: `spec`).
     """
 
     name: str
@@ -80,6 +81,11 @@ class Method:
     dim_range: Callable[..., tuple[int, int]]
     option_names: frozenset[str] = frozenset()
     mixable: bool = False
+    older_specs: frozenset[str] = frozenset()
+
+    @property
+    def specs(self) -> frozenset[str]:
+        return self.older_specs | {self.spec}
 
 
 _METHODS: dict[str, Method] = {}
@@ -107,7 +113,7 @@ def method_names() -> list[str]:
 
 
 def known_specs() -> set[str]:
-    return {m.spec for m in _METHODS.values()}
+    return {spec for m in _METHODS.values() for spec in m.specs}
 
 
 def check_settings(

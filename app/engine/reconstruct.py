@@ -48,7 +48,7 @@ def reconstruct(
 
 def settings_of(task: TaskArtifact) -> TaskSettings:
     """The method settings a task file records (SAID: its grouping, "tensor" for a file
-    without one; lowrank: rank, targets, scales)."""
+    without one; lowrank: rank, targets, scales and its spec)."""
     if task.rank is None:
         return TaskSettings.of(task.method, task.dim, task.seed, said_groups=task.groups)
     return TaskSettings.of(
@@ -58,6 +58,7 @@ def settings_of(task: TaskArtifact) -> TaskSettings:
         rank=task.rank,
         targets=tuple(task.targets.split(",")) if task.targets else None,
         scales=task.lam is not None,
+        spec=task.spec,
     )
 
 

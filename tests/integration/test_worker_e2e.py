@@ -357,7 +357,7 @@ def test_lowrank_job_runs_on_a_worker_and_serves_mixed(stack, tiny_bert, tmp_pat
         "train_dataset": ds,
         "eval_dataset": ds,
         "method": "lowrank",
-        "dim": 50,
+        "dim": 30,
         "rank": 2,
         "targets": ["query", "value", "key"],
         "hyperparameters": {"batch_size": 16, "max_length": 16, "max_steps": 10},
@@ -368,7 +368,7 @@ def test_lowrank_job_runs_on_a_worker_and_serves_mixed(stack, tiny_bert, tmp_pat
     done = wait_for(client, auth, r.json()["id"], lambda j: j["status"] in ("succeeded", "failed"))
     assert done["status"] == "succeeded", done
     meta = client.get(f"/v1/tasks/{done['task_id']}", headers=auth).json()
-    assert (meta["method"], meta["spec"], meta["rank"]) == ("lowrank", "lowrank-v1", 2)
+    assert (meta["method"], meta["spec"], meta["rank"]) == ("lowrank", "lowrank-v2", 2)
     assert meta["targets"] == "key,query,value"
     task = TaskArtifact.from_bytes(
         client.get(f"/v1/tasks/{done['task_id']}/vector", headers=auth).content

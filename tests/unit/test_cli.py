@@ -169,12 +169,12 @@ def test_lowrank_train_predict_and_export(trained, tiny_bert, tmp_path):
     out = tmp_path / "low.safetensors"
     common = ["--model", str(tiny_bert), "--train", str(folder / "train.tsv"), "--eval", str(dev),
               "--max-steps", "6", "--batch-size", "16", "--max-length", "16"]  # fmt: skip
-    proc = run("train", *common, "--method", "lowrank", "--dim", "40", "--rank", "2",
+    proc = run("train", *common, "--method", "lowrank", "--dim", "30", "--rank", "2",
                "--targets", "query", "value", "key", "--out", str(out))  # fmt: skip
     summary = json.loads(proc.stdout)
     assert summary["method"] == "lowrank" and summary["bytes"] == out.stat().st_size
     meta = json.loads(run("inspect", str(out)).stdout)
-    assert (meta["spec"], meta["rank"], meta["targets"]) == ("lowrank-v1", 2, "key,query,value")
+    assert (meta["spec"], meta["rank"], meta["targets"]) == ("lowrank-v2", 2, "key,query,value")
     lines = run("predict", str(out), "--input", str(dev), "--label-column", "label").stdout
     assert json.loads(lines.splitlines()[-1])["accuracy"] == summary["eval_accuracy"]
     for fmt, wanted in (("peft", "adapter_config.json"), ("hf", "config.json")):

@@ -1,9 +1,10 @@
-"""Method `lowrank` (spec lowrank-v1): a task whose delta on each target matrix has rank r,
-so that rows of different tasks share one forward pass in serving. Registered on import."""
+"""Method `lowrank` (specs lowrank-v2 for new tasks, lowrank-v1 still read): a task whose delta
+on each target matrix has rank r, so that rows of different tasks share one forward pass in
+serving. Registered on import."""
 
 from __future__ import annotations
 
-from app.engine.lowrank.config import DEFAULT_TARGETS, LOWRANK_SPEC, LowRankConfig
+from app.engine.lowrank.config import DEFAULT_TARGETS, LOWRANK_SPEC, LOWRANK_V1, LowRankConfig
 from app.engine.lowrank.layout import LowRankLayout, dim_range, layout_for
 from app.engine.lowrank.mixed import LowRankFactors, MixedLowRankModel, output_rows
 from app.engine.lowrank.model import LowRankModel
@@ -11,7 +12,8 @@ from app.engine.methods import Method, TaskSettings, register
 
 
 def config_of(settings: TaskSettings) -> LowRankConfig:
-    """The LowRankConfig of generic task settings (options: rank, targets, scales)."""
+    """The LowRankConfig of generic task settings (options: rank, targets, scales; spec, which
+    a task file records and new tasks leave out: they are lowrank-v2)."""
     opts = settings.option_dict
     targets = opts.get("targets")
     return LowRankConfig(
@@ -20,6 +22,7 @@ def config_of(settings: TaskSettings) -> LowRankConfig:
         rank=int(opts.get("rank", LowRankConfig.rank)),
         targets=None if targets is None else tuple(targets),
         scales=bool(opts.get("scales", LowRankConfig.scales)),
+        spec=opts.get("spec", LOWRANK_SPEC),
     )
 
 
@@ -39,8 +42,9 @@ register(
         scales="optional",
         build=_build,
         dim_range=_dim_range,
-        option_names=frozenset({"rank", "targets", "scales"}),
+        option_names=frozenset({"rank", "targets", "scales", "spec"}),
         mixable=True,
+        older_specs=frozenset({LOWRANK_V1}),
     )
 )
 

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from app.engine.errors import SubspaceConfigError
 from app.engine.spec import MAX_SEED
 
-LOWRANK_SPEC = "lowrank-v1"
+LOWRANK_V1 = "lowrank-v1"  # one projection for adapters and head (still read and served)
+LOWRANK_V2 = "lowrank-v2"  # adapters and head projected apart; dense heads low rank
+LOWRANK_SPEC = LOWRANK_V2  # what new tasks are
+LOWRANK_SPECS = (LOWRANK_V1, LOWRANK_V2)
 MAX_RANK = 64
 
 # Linear layers adapted by default, per transformers model type (module-name suffixes, as PEFT's
@@ -34,7 +37,9 @@ class LowRankConfig:
 
     ΔW_t = λ_t · B_t(θ) · A_t: A_t (rank × in) is seeded and shared by every task with the same
     seed, B_t (out × rank) is the fastfood-v1 projection of θ reshaped. The classifier head
-    (the parameters the checkpoint lacks) moves by the rest of that projection.
+    (the parameters the checkpoint lacks) moves by the rest of that projection (lowrank-v1), or
+    by a projection of its own share of θ, its hidden dense layer (if any) at rank r too
+    (lowrank-v2, docs/PROJECTION.md).
 
     dim: the reported d, counting the scales when `scales` is on. As for SAID, a few hundred
         to a thousand suits MiniLM/BERT-size models on GLUE-like tasks; the d90 search finds it.
@@ -64,8 +69,10 @@ class LowRankConfig:
             raise SubspaceConfigError(f"rank must be in [1, {MAX_RANK}], got {self.rank}")
         if not 0 <= self.seed <= MAX_SEED:
             raise SubspaceConfigError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
-        if self.spec != LOWRANK_SPEC:
-            raise SubspaceConfigError(f"spec '{self.spec}' is unknown; use {LOWRANK_SPEC}")
+        if self.spec not in LOWRANK_SPECS:
+            raise SubspaceConfigError(
+                f"spec '{self.spec}' is unknown; use one of {', '.join(LOWRANK_SPECS)}"
+            )
         if self.targets is not None:
             names = tuple(self.targets)
             if not names or any(not t or "," in t or t != t.strip() for t in names):

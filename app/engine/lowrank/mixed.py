@@ -4,14 +4,17 @@ Every target layer runs its base GEMM once for the whole batch, then adds each r
 low-rank correction: z = x·A_allᵀ (one GEMM over the seeds in the batch; A is shared by all
 tasks of a seed), then a batched matmul of z with each row's gathered λ·B (a per-row gather, as
 Punica's BGMV). Head layers (the seeded ones) use each row's own weights, padded to the largest
-label count in the batch. The base weights are never written, so model workers on several
-threads share one model; each thread's batch lives in a thread-local context.
+label count in the batch; a head's hidden dense layer in lowrank-v2 uses the seeded weight of
+its seed (shared by every task of that seed) plus each row's low-rank correction. The base
+weights are never written, so model workers on several threads share one model; each thread's
+batch lives in a thread-local context.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -26,27 +29,30 @@ from app.engine.lowrank.layout import (
     Target,
     layout_for,
     projected_dim,
-    projection_for,
+    projections_for,
     seeded_a,
     task_factors,
 )
 
+SEEDED_WEIGHTS_KEPT = 8  # head-target base weights (hidden × hidden) kept, one per seed and layer
+
 
 @dataclass
 class LowRankFactors:
-    """A lowrank task ready to serve: λ_t·B_t for every target in one flat buffer, and its full
-    head weights (seeded init + λ·δ). About 4·(rank·Σ out + head) bytes."""
+    """A lowrank task ready to serve: λ_t·B_t for every target (adapters, then head targets) in
+    one flat buffer, and its dense head tensors (seeded init + λ·δ). About 4·(rank·Σ out +
+    head) bytes: a head's hidden dense layer is kept at rank r in lowrank-v2, not whole."""
 
     seed: int
     layout: LowRankLayout
-    b: torch.Tensor  # (layout.b_size,) float32: [λ_t·B_t row-major] in target order
+    b: torch.Tensor  # (layout.b_size,) float32: [λ_t·B_t row-major] in all_targets order
     head: dict[str, torch.Tensor]  # parameter name -> full value
     num_labels: int
     offsets: dict[str, int] = field(default_factory=dict)  # target name -> offset in b
 
     def __post_init__(self) -> None:
         off = 0
-        for t in self.layout.targets:
+        for t in self.layout.all_targets:
             self.offsets[t.name] = off
             off += t.out_features * self.layout.rank
 
@@ -67,6 +73,19 @@ class _Batch:
 
     targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]]  # name -> (A_all, B, per_row)
     heads: dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]  # name -> (W, bias, per_row)
+    # head modules some row moves at rank r: name -> [(row indices, how those rows compute)]
+    head_targets: dict[str, list[tuple[torch.Tensor, _HeadRows]]] = field(default_factory=dict)
+
+
+@dataclass
+class _HeadRows:
+    """Rows of one head module that compute alike: dense per-row weights (`w` (n, out, in), a
+    lowrank-v1 task's), or one seed's seeded weight `w` (out, in) plus per-row low rank."""
+
+    w: torch.Tensor
+    bias: torch.Tensor  # (n, out)
+    a: torch.Tensor | None = None  # (R, in): A of the seed at the group's largest rank
+    b: torch.Tensor | None = None  # (n, out, R)
 
 
 class MixedLowRankModel:
@@ -84,11 +103,12 @@ class MixedLowRankModel:
         self._hooked: set[str] = set()
         self._a: dict[tuple[int, str], torch.Tensor] = {}  # (seed, target) -> A at the max rank
         self._layouts: dict[tuple, LowRankLayout] = {}
+        self._seeded: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()  # LRU
         self._skeletons: dict[int, nn.Module] = {}  # label count -> meta-device classifier
 
     # ---- rebuilding a task -------------------------------------------------------------------
     def layout(self, config: LowRankConfig, num_labels: int) -> LowRankLayout:
-        key = (config.rank, config.targets, config.scales, num_labels)
+        key = (config.rank, config.targets, config.scales, num_labels, config.spec)
         with self._lock:
             if key not in self._layouts:
                 self._layouts[key] = layout_for(
@@ -137,12 +157,12 @@ class MixedLowRankModel:
             lam is not None and lam.numel() != layout.num_scales
         ):
             raise SubspaceConfigError(f"λ must have {layout.num_scales} entries")
-        projection = projection_for(layout, config.dim, config.seed, self.device)
+        projections = projections_for(layout, config.dim, config.seed, self.device)
         bs, heads = task_factors(
             layout,
             theta.to(self.device, torch.float32),
             None if lam is None else lam.to(self.device, torch.float32),
-            projection,
+            projections,
         )
         b = torch.cat([x.reshape(-1) for x in bs]) if bs else torch.empty(0, device=self.device)
         head = {
@@ -158,7 +178,8 @@ class MixedLowRankModel:
                 if t.name not in self._hooked:
                     self._modules[t.name].register_forward_hook(self._target_hook(t.name))
                     self._hooked.add(t.name)
-            for module_name in {n.rsplit(".", 1)[0] for n, _ in layout.head}:
+            head_modules = {n.rsplit(".", 1)[0] for n, _ in layout.head}
+            for module_name in head_modules | {t.name for t in layout.head_targets}:
                 if module_name not in self._hooked:
                     module = self._modules[module_name]
                     if not isinstance(module, nn.Linear):
@@ -167,6 +188,23 @@ class MixedLowRankModel:
                         )
                     module.register_forward_hook(self._head_hook(module_name))
                     self._hooked.add(module_name)
+
+    def _seeded_weight(self, seed: int, target: Target) -> torch.Tensor:
+        """A head target's seeded weight for `seed`: shared by every task of that seed, the
+        last SEEDED_WEIGHTS_KEPT kept (2.4 MB each on mpnet-base, so not one per task)."""
+        key = (seed, target.name)
+        with self._lock:
+            w = self._seeded.get(key)
+            if w is not None:
+                self._seeded.move_to_end(key)
+                return w
+        shape = (target.out_features, target.in_features)
+        w = seeded_value(target.name + ".weight", shape, seed, self._std).to(self.device)
+        with self._lock:
+            self._seeded[key] = w
+            while len(self._seeded) > SEEDED_WEIGHTS_KEPT:
+                self._seeded.popitem(last=False)
+        return w
 
     def _a_of(self, seed: int, target: Target, rank: int) -> torch.Tensor:
         key = (seed, target.name)
@@ -199,7 +237,9 @@ class MixedLowRankModel:
         single = len(tasks) == 1
         targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
         same = all(f.layout.targets == tasks[0].layout.targets for f in tasks) and all(
-            (f.seed, f.layout.rank) == (tasks[0].seed, tasks[0].layout.rank) for f in tasks
+            (f.seed, f.layout.rank, f.b.numel())
+            == (tasks[0].seed, tasks[0].layout.rank, tasks[0].b.numel())
+            for f in tasks
         )
         if single or same:
             first = tasks[0]
@@ -216,8 +256,40 @@ class MixedLowRankModel:
         else:
             names = {t.name: t for f in tasks for t in f.layout.targets}
             targets = self._slots(tasks, names, idx)
-        heads = self._heads(tasks, idx, single)
-        return _Batch(targets, heads)
+        lowrank_heads = {t.name: t for f in tasks for t in f.layout.head_targets}
+        heads = self._heads(tasks, idx, single, skip=lowrank_heads.keys())
+        head_targets = {
+            name: self._head_rows(tasks, index, t) for name, t in lowrank_heads.items()
+        }
+        return _Batch(targets, heads, head_targets)
+
+    def _head_rows(
+        self, tasks: list[LowRankFactors], index: list[int], target: Target
+    ) -> list[tuple[torch.Tensor, _HeadRows]]:
+        """The rows of a head module that lowrank-v2 tasks move at rank r, grouped by how they
+        compute: per seed (seeded weight, per-row bias and B), and lowrank-v1 rows (dense)."""
+        name = target.name
+        groups: dict[object, list[int]] = {}
+        for row, u in enumerate(index):
+            f = tasks[u]
+            key = f.seed if name in f.offsets else "dense"
+            groups.setdefault(key, []).append(row)
+        out = []
+        for key, rows in groups.items():
+            members = [tasks[index[r]] for r in rows]
+            bias = torch.stack([f.head[name + ".bias"] for f in members])
+            where = torch.tensor(rows, device=self.device)
+            if key == "dense":
+                w = torch.stack([f.head[name + ".weight"] for f in members])
+                out.append((where, _HeadRows(w, bias)))
+                continue
+            rank = max(f.layout.rank for f in members)
+            b = torch.zeros(len(rows), target.out_features, rank, device=self.device)
+            for i, f in enumerate(members):
+                b[i, :, : f.layout.rank] = f.b_of(target)
+            a = self._a_of(key, target, rank)
+            out.append((where, _HeadRows(self._seeded_weight(key, target), bias, a, b)))
+        return out
 
     def _slots(self, tasks, names, idx) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
         """Tasks of several seeds, ranks or target sets: one slot of columns per seed (as wide
@@ -240,10 +312,10 @@ class MixedLowRankModel:
         return out
 
     def _heads(
-        self, tasks, idx, single
+        self, tasks, idx, single, skip=()
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]:
         heads = {}
-        module_names = {n.rsplit(".", 1)[0] for f in tasks for n in f.head}
+        module_names = {n.rsplit(".", 1)[0] for f in tasks for n in f.head} - set(skip)
         for m in module_names:
             ws = [f.head[m + ".weight"] for f in tasks]
             bs = [f.head.get(m + ".bias") for f in tasks]
@@ -278,6 +350,8 @@ class MixedLowRankModel:
     def _head_hook(self, name: str):
         def rows_head(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             batch = getattr(self._local, "batch", None)
+            if batch is not None and name in batch.head_targets:
+                return _grouped_head(args[0], batch.head_targets[name])
             if batch is None or name not in batch.heads:
                 return output
             w, b, per_row = batch.heads[name]
@@ -289,6 +363,21 @@ class MixedLowRankModel:
             return y.view(*x.shape[:-1], w.shape[1])
 
         return rows_head
+
+
+def _grouped_head(x: torch.Tensor, groups: list[tuple[torch.Tensor, _HeadRows]]) -> torch.Tensor:
+    """A head module's output for rows computed group by group (`_head_rows`)."""
+    x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, in)
+    out_features = groups[0][1].bias.shape[1]
+    y = x3.new_empty(x3.shape[0], x3.shape[1], out_features)
+    for rows, g in groups:
+        xs = x3[rows]
+        if g.a is None:  # dense per-row weights
+            y[rows] = torch.baddbmm(g.bias.unsqueeze(1), xs, g.w.transpose(1, 2))
+            continue
+        z = F.linear(xs, g.a)  # (n, T, R)
+        y[rows] = F.linear(xs, g.w) + g.bias.unsqueeze(1) + torch.bmm(z, g.b.transpose(1, 2))
+    return y.view(*x.shape[:-1], out_features)
 
 
 def output_rows(logits: torch.Tensor, num_labels: list[int]) -> list[torch.Tensor]:

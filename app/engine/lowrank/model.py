@@ -1,6 +1,7 @@
 """LowRankModel: trains a transformers classifier through θ (and λ) only, as rank-r deltas on
-its target layers plus a dense delta on its seeded head. Nothing of the base is copied: the
-targets get forward hooks that add (x·Aᵀ)·Bᵀ, and the head is overridden functionally."""
+its target layers (and, lowrank-v2, on its head's hidden dense layer) plus a dense delta on the
+rest of its seeded head. Nothing of the base is copied: the targets get forward hooks that add
+(x·Aᵀ)·Bᵀ, and the head is overridden functionally."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from app.engine.lowrank.layout import (
     dim_range,
     layout_for,
     projected_dim,
-    projection_for,
+    projections_for,
     seeded_a,
     task_factors,
 )
@@ -26,7 +27,9 @@ class LowRankModel(nn.Module):
     """θ_d = [θ_{d-m}, λ] -> W_t + λ_t·B_t(θ)·A_t on each target, head_0 + λ_h·δ_h(θ) on the head.
 
     θ starts at 0 and λ at 1, so the model starts exactly at the base (and the seeded head) and
-    θ gets a gradient through every B_t and the head.
+    θ gets a gradient through every B_t and the head. In lowrank-v2 θ's adapter share and head
+    share have projections of their own, so the head's gradient (tens of times the adapters' at
+    θ = 0) no longer drowns the adapters' in one shared Pᵀ.
     """
 
     def __init__(
@@ -56,16 +59,17 @@ class LowRankModel(nn.Module):
         m = self.layout.num_scales
         self.lam = nn.Parameter(torch.ones(m, device=device, dtype=dtype)) if m else None
         self.a = [
-            seeded_a(config.seed, t, config.rank).to(device, dtype) for t in self.layout.targets
+            seeded_a(config.seed, t, config.rank).to(device, dtype)
+            for t in self.layout.all_targets
         ]
-        self.projection = projection_for(self.layout, config.dim, config.seed, device, dtype)
+        self.projections = projections_for(self.layout, config.dim, config.seed, device, dtype)
         self._bs: list[torch.Tensor] | None = None  # this forward's λ_t·B_t, read by the hooks
         params = dict(self.model.named_parameters())
         self._head = [(name, params[name]) for name, _ in self.layout.head]  # frozen head_0
         modules = dict(self.model.named_modules())
         self._hooks = [
             modules[t.name].register_forward_hook(self._hook(i))
-            for i, t in enumerate(self.layout.targets)
+            for i, t in enumerate(self.layout.all_targets)
         ]
 
     def _hook(self, i: int):
@@ -73,14 +77,14 @@ class LowRankModel(nn.Module):
             if self._bs is None:
                 return output
             correction = F.linear(F.linear(args[0], self.a[i]), self._bs[i])
-            if output.dtype != torch.float32:  # bf16 autocast: sum in fp32, as SAID's split
-                return output.float() + correction.float()  # forward does, or it is rounded off
+            if output.dtype in (torch.bfloat16, torch.float16):  # autocast: sum in fp32 (as
+                return output.float() + correction.float()  # SAID's split forward), not rounded
             return output + correction
 
         return add_low_rank
 
     def forward(self, **batch: torch.Tensor):
-        bs, heads = task_factors(self.layout, self.theta, self.lam, self.projection)
+        bs, heads = task_factors(self.layout, self.theta, self.lam, self.projections)
         overrides = {name: p + delta for (name, p), delta in zip(self._head, heads, strict=True)}
         self._bs = bs
         try:
@@ -117,10 +121,10 @@ class LowRankModel(nn.Module):
     def materialize(self) -> nn.Module:
         """Merge the deltas into the wrapped model (W_t += λ_t·B_t·A_t, head += λ·δ) and return
         it for plain inference; θ is reset so the hooks add nothing afterwards."""
-        bs, heads = task_factors(self.layout, self.theta, self.lam, self.projection)
+        bs, heads = task_factors(self.layout, self.theta, self.lam, self.projections)
         modules = dict(self.model.named_modules())
         params = dict(self.model.named_parameters())
-        for t, a, b in zip(self.layout.targets, self.a, bs, strict=True):
+        for t, a, b in zip(self.layout.all_targets, self.a, bs, strict=True):
             modules[t.name].weight.add_(b @ a)
         for (name, _), delta in zip(self.layout.head, heads, strict=True):
             params[name].add_(delta)

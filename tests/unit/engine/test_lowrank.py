@@ -1,5 +1,8 @@
-"""The lowrank-v1 method: exact start at the base, exact gradients, linearity in θ, golden
-values, mixed-batch serving equal to each task's own merged model, and the task file."""
+"""The lowrank method, both specs (v1: one projection; v2: adapters and head projected apart):
+exact start at the base, exact gradients, linearity in θ, golden values, mixed-batch serving
+equal to each task's own merged model (v1 and v2 rows together too), and the task file."""
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,16 +11,35 @@ from app.engine.artifact import TaskArtifact
 from app.engine.base import load_base
 from app.engine.errors import ArtifactFormatError, SubspaceConfigError
 from app.engine.lowrank import LowRankConfig, LowRankModel, MixedLowRankModel, output_rows
-from app.engine.lowrank.layout import seeded_a, target_stream, task_factors
+from app.engine.lowrank.layout import (
+    dim_range,
+    layout_for,
+    projections_for,
+    seeded_a,
+    target_stream,
+    task_factors,
+)
 from app.engine.reconstruct import reconstruct
 
 IDS = torch.tensor([[2, 5, 9, 12, 3, 0], [2, 7, 8, 3, 0, 0]])
 MASK = (IDS != 0).long()
 
 
-def _wrap(tiny_bert, num_labels=2, seed=0, **cfg):
+SPECS = ("lowrank-v1", "lowrank-v2")
+
+
+@pytest.fixture(params=SPECS)
+def spec(request) -> str:
+    return request.param
+
+
+def _wrap(tiny_bert, spec="lowrank-v2", num_labels=2, seed=0, **cfg):
+    """A LowRankModel at d = 60, or the largest d the spec allows below that (lowrank-v2 stops
+    at 1/16 of its outputs: 44 on this tiny model at rank 4)."""
     base = load_base(str(tiny_bert), num_labels=num_labels, seed=seed)
-    config = LowRankConfig(**{"dim": 60, "seed": seed, "rank": 4, **cfg})
+    config = LowRankConfig(**{"dim": 60, "seed": seed, "rank": 4, "spec": spec, **cfg})
+    high = dim_range(layout_for(base.model, base.seeded, config))[1]
+    config = replace(config, dim=min(config.dim, high))
     return base, LowRankModel(base.model, base.seeded, config)
 
 
@@ -35,14 +57,14 @@ def _task(base, model: LowRankModel, labels=("0", "1")) -> TaskArtifact:
         max_length=16,
         theta=model.theta,
         lam=model.lam,
-        spec="lowrank-v1",
+        spec=model.config.spec,
         **model.artifact_fields(),
     )
 
 
 @pytest.mark.parametrize("scales", [True, False])
-def test_theta_zero_is_exactly_the_base_with_a_gradient(tiny_bert, scales):
-    base, model = _wrap(tiny_bert, num_labels=3, seed=5, scales=scales)
+def test_theta_zero_is_exactly_the_base_with_a_gradient(tiny_bert, spec, scales):
+    base, model = _wrap(tiny_bert, spec, num_labels=3, seed=5, scales=scales)
     ref = load_base(str(tiny_bert), num_labels=3, seed=5).model(input_ids=IDS, attention_mask=MASK)
     out = model(input_ids=IDS, attention_mask=MASK, labels=torch.tensor([0, 2]))
     assert torch.equal(out.logits, ref.logits)
@@ -52,19 +74,17 @@ def test_theta_zero_is_exactly_the_base_with_a_gradient(tiny_bert, scales):
     assert trainable == ({"theta", "lam"} if scales else {"theta"})
 
 
-def test_gradcheck_float64(tiny_bert):
+def test_gradcheck_float64(tiny_bert, spec):
     """θ, λ -> factors, and θ -> logits through the hooked model, against finite differences."""
-    from app.engine.lowrank.layout import projection_for
-
     base = load_base(str(tiny_bert), num_labels=2, seed=0)
-    model = LowRankModel(base.model.double(), base.seeded, LowRankConfig(40, 0, rank=2),
+    model = LowRankModel(base.model.double(), base.seeded, LowRankConfig(20, 0, rank=2, spec=spec),
                          dtype=torch.float64)  # fmt: skip
-    model.projection = projection_for(model.layout, 40, 0, "cpu", torch.float64)
+    model.projections = projections_for(model.layout, 20, 0, "cpu", torch.float64)
     theta = torch.randn(model.d_proj, dtype=torch.float64, requires_grad=True)
     lam = torch.randn(model.layout.num_scales, dtype=torch.float64, requires_grad=True)
 
     def factors(t, lm):
-        bs, heads = task_factors(model.layout, t, lm, model.projection)
+        bs, heads = task_factors(model.layout, t, lm, model.projections)
         return torch.cat([v.reshape(-1) for v in bs + heads])
 
     assert torch.autograd.gradcheck(factors, (theta, lam), fast_mode=True)
@@ -78,19 +98,19 @@ def test_gradcheck_float64(tiny_bert):
     assert torch.autograd.gradcheck(logits, (theta,), fast_mode=True)
 
 
-def test_linear_in_theta_when_lambda_is_fixed(tiny_bert):
-    _, model = _wrap(tiny_bert, scales=False)
+def test_linear_in_theta_when_lambda_is_fixed(tiny_bert, spec):
+    _, model = _wrap(tiny_bert, spec, scales=False)
     x, y = torch.randn(model.d_proj), torch.randn(model.d_proj)
 
     def f(t):
-        bs, heads = task_factors(model.layout, t, None, model.projection)
+        bs, heads = task_factors(model.layout, t, None, model.projections)
         return torch.cat([v.reshape(-1) for v in bs + heads])
 
     torch.testing.assert_close(f(2 * x - 3 * y), 2 * f(x) - 3 * f(y), rtol=1e-5, atol=1e-6)
 
 
-def test_every_theta_coordinate_reaches_the_output(tiny_bert):
-    _, model = _wrap(tiny_bert)
+def test_every_theta_coordinate_reaches_the_output(tiny_bert, spec):
+    _, model = _wrap(tiny_bert, spec)
     loss = model(input_ids=IDS, attention_mask=MASK, labels=torch.tensor([0, 1])).loss
     loss.backward()
     assert (model.theta.grad != 0).all()
@@ -116,7 +136,7 @@ def test_golden_a_and_stream():
 def test_golden_factors():
     """θ -> B and head deltas for a fixed layout (spec lowrank-v1: the fastfood-v1 projection
     of θ, split in layout order, B row-major). If this fails, stored lowrank tasks change."""
-    from app.engine.lowrank.layout import LowRankLayout, Target, projection_for
+    from app.engine.lowrank.layout import LowRankLayout, Target
 
     layout = LowRankLayout(
         2,
@@ -124,8 +144,9 @@ def test_golden_factors():
         (("classifier.bias", (2,)), ("classifier.weight", (2, 5))),
         False,
     )
-    projection = projection_for(layout, 6, 3, "cpu", torch.float64)
-    bs, heads = task_factors(layout, torch.arange(1.0, 7.0, dtype=torch.float64), None, projection)
+    projections = projections_for(layout, 6, 3, "cpu", torch.float64)
+    theta = torch.arange(1.0, 7.0, dtype=torch.float64)
+    bs, heads = task_factors(layout, theta, None, projections)
     assert [tuple(b.shape) for b in bs] == [(3, 2), (2, 2)]
     torch.testing.assert_close(
         bs[1].reshape(-1),
@@ -138,8 +159,8 @@ def test_golden_factors():
     assert bs[0][0, 0].item() == pytest.approx(1.7846216318312091, abs=1e-12)
 
 
-def test_merged_model_equals_the_hooked_one(tiny_bert):
-    base, model = _wrap(tiny_bert)
+def test_merged_model_equals_the_hooked_one(tiny_bert, spec):
+    base, model = _wrap(tiny_bert, spec)
     with torch.no_grad():
         model.theta.normal_(0, 3)
         model.lam.uniform_(0.5, 1.5)
@@ -148,8 +169,8 @@ def test_merged_model_equals_the_hooked_one(tiny_bert):
     torch.testing.assert_close(merged, hooked, rtol=1e-5, atol=1e-6)
 
 
-def test_reconstruct_from_the_task_file(tiny_bert, tmp_path):
-    base, model = _wrap(tiny_bert, num_labels=3, seed=2)
+def test_reconstruct_from_the_task_file(tiny_bert, tmp_path, spec):
+    base, model = _wrap(tiny_bert, spec, num_labels=3, seed=2)
     with torch.no_grad():
         model.theta.normal_(0, 3)
         model.lam.uniform_(0.5, 1.5)
@@ -157,19 +178,23 @@ def test_reconstruct_from_the_task_file(tiny_bert, tmp_path):
     task = _task(base, model, labels=("a", "b", "c"))
     task.save(tmp_path / "t.safetensors")
     loaded = TaskArtifact.load(tmp_path / "t.safetensors")
-    assert (loaded.rank, loaded.targets, loaded.spec) == (4, "query,value", "lowrank-v1")
+    assert (loaded.rank, loaded.targets, loaded.spec) == (4, "query,value", spec)
     net = reconstruct(load_base(str(tiny_bert), 3, 2), loaded)
     torch.testing.assert_close(net(input_ids=IDS, attention_mask=MASK).logits, want,
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
-def test_mixed_batch_equals_each_tasks_own_model(tiny_bert):
-    """Rows of 6 tasks (two seeds, two label counts, two ranks, two target sets) in one pass."""
+@pytest.mark.parametrize("mix", ["lowrank-v1", "lowrank-v2", "both"])
+def test_mixed_batch_equals_each_tasks_own_model(tiny_bert, mix):
+    """Rows of 6 tasks (two seeds, two label counts, two ranks, two target sets; one spec, or
+    v1 and v2 tasks together) in one pass."""
     specs = [(0, 2, 4, None), (0, 2, 4, None), (1, 3, 4, None), (1, 2, 2, ("value",)),
              (0, 3, 2, ("query", "key")), (1, 3, 4, None)]  # fmt: skip
     tasks, refs = [], []
     for i, (seed, labels, rank, targets) in enumerate(specs):
-        base, model = _wrap(tiny_bert, num_labels=labels, seed=seed, rank=rank, targets=targets)
+        spec = SPECS[i % 2] if mix == "both" else mix
+        base, model = _wrap(tiny_bert, spec, num_labels=labels, seed=seed, rank=rank,
+                            targets=targets)  # fmt: skip
         with torch.no_grad():
             torch.manual_seed(i)
             model.theta.normal_(0, 3)
@@ -181,7 +206,8 @@ def test_mixed_batch_equals_each_tasks_own_model(tiny_bert):
     serving = MixedLowRankModel(load_base(str(tiny_bert), 2, 0))
     factors = [
         serving.build(
-            LowRankConfig(t.dim, t.seed, t.rank, tuple(t.targets.split(",")), t.lam is not None),
+            LowRankConfig(t.dim, t.seed, t.rank, tuple(t.targets.split(",")), t.lam is not None,
+                          t.spec),
             len(t.labels), t.theta, t.lam,
         )
         for t in tasks
@@ -214,8 +240,8 @@ def test_bad_settings_say_what_to_fix(tiny_bert):
         LowRankModel(base.model, base.seeded, LowRankConfig(dim=3))
 
 
-def test_task_file_checks_rank_and_spec(tiny_bert):
-    base, model = _wrap(tiny_bert)
+def test_task_file_checks_rank_and_spec(tiny_bert, spec):
+    base, model = _wrap(tiny_bert, spec)
     task = _task(base, model)
     with pytest.raises(ArtifactFormatError, match="rank"):
         TaskArtifact(**{**task.__dict__, "rank": None})
@@ -225,7 +251,8 @@ def test_task_file_checks_rank_and_spec(tiny_bert):
         TaskArtifact(**{**task.__dict__, "spec": "fastfood-v1"})
 
 
-def test_d200_float16_file_is_under_a_kilobyte():
+@pytest.mark.parametrize("spec", SPECS)
+def test_d200_float16_file_is_under_a_kilobyte(spec):
     """A d = 200 lowrank task in float16, with the metadata a trained SST-2 task carries."""
     m = 14  # 12 targets (query, value × 6 layers) + 2 head tensors, as on MiniLM-L6
     task = TaskArtifact(
@@ -233,7 +260,7 @@ def test_d200_float16_file_is_under_a_kilobyte():
         D=22_713_986, labels=["0", "1"], text_column="sentence", text_pair_column=None,
         max_length=64, theta=torch.randn(200 - m), lam=torch.ones(m), dtype="float16",
         metrics={"eval_accuracy": 0.7694954, "eval_f1": 0.7598566, "eval_mcc": 0.5435414},
-        spec="lowrank-v1", rank=4, targets="query,value",
+        spec=spec, rank=4, targets="query,value",
     )  # fmt: skip
     size = len(task.to_bytes())
     assert size <= 1024, size
@@ -242,12 +269,12 @@ def test_d200_float16_file_is_under_a_kilobyte():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cpu_and_cuda_give_the_same_predictions(tiny_bert):
-    base, model = _wrap(tiny_bert, num_labels=3, seed=1)
+def test_cpu_and_cuda_give_the_same_predictions(tiny_bert, spec):
+    base, model = _wrap(tiny_bert, spec, num_labels=3, seed=1)
     with torch.no_grad():
         model.theta.normal_(0, 3)
     task = _task(base, model, labels=("a", "b", "c"))
-    config = LowRankConfig(task.dim, task.seed, task.rank, ("query", "value"), True)
+    config = LowRankConfig(task.dim, task.seed, task.rank, ("query", "value"), True, spec)
     probs = []
     for device in ("cpu", "cuda"):
         serving = MixedLowRankModel(load_base(str(tiny_bert), 2, 0), device)

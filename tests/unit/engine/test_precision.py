@@ -143,7 +143,7 @@ def lowrank_update_error(tiny_bert, ratio: float) -> float:
     from app.engine.lowrank.layout import task_factors
 
     base = load_base(str(tiny_bert), num_labels=2, seed=0)
-    model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=60, rank=4, scales=False))
+    model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=30, rank=4, scales=False))
     target = model.layout.targets[0]
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     module = dict(model.model.named_modules())[target.name]
@@ -154,7 +154,7 @@ def lowrank_update_error(tiny_bert, ratio: float) -> float:
             model(input_ids=ids)  # θ = 0: the base output
             x, plain = seen[-1]
             model.theta.copy_(torch.randn(model.d_proj, generator=torch.Generator().manual_seed(3)))
-            bs, _ = task_factors(model.layout, model.theta, None, model.projection)
+            bs, _ = task_factors(model.layout, model.theta, None, model.projections)
             ref = torch.nn.functional.linear(
                 torch.nn.functional.linear(x.double(), model.a[0].double()), bs[0].double()
             )
