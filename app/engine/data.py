@@ -10,7 +10,7 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,6 +251,21 @@ class TokenizedDataset(torch.utils.data.Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
+
+
+def split_rows(data: LabelledText, count: int, seed: int) -> tuple[LabelledText, LabelledText]:
+    """(the other rows, `count` rows drawn with `seed`), each in the file's order: a held-out
+    slice that is the same for every run on the same data and seed."""
+    n = len(data.texts)
+    picked = set(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].tolist())
+
+    def rows(keep) -> LabelledText:
+        idx = [i for i in range(n) if keep(i)]
+        pairs = None if data.text_pairs is None else [data.text_pairs[i] for i in idx]
+        labels = None if data.labels is None else [data.labels[i] for i in idx]
+        return replace(data, texts=[data.texts[i] for i in idx], text_pairs=pairs, labels=labels)
+
+    return rows(lambda i: i not in picked), rows(lambda i: i in picked)
 
 
 def collate(batch: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:

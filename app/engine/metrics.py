@@ -107,7 +107,7 @@ def generalisation(train: dict[str, float], held_out: dict[str, float], metric: 
 def reported(metrics: dict[str, float]) -> dict[str, float]:
     """Metric names as jobs, tasks and the CLI show them: held-out ones as `eval_<name>`, the
     train-sample ones (`train_<name>`) and the relative `gap` as they are."""
-    kept = ("train_", "gap")
+    kept = ("train_", "gap", "degenerate")
     return {k if k.startswith(kept) else f"eval_{k}": v for k, v in metrics.items()}
 
 
@@ -115,5 +115,21 @@ def kept_in_task(reported_metrics: dict[str, float], metric: str) -> dict[str, f
     """What a task file keeps of the reported metrics: the held-out ones, the train sample's
     value of the selection `metric` and the gap, so that a d=200 task stays under 1 KB (jobs
     and the CLI summary show every train-sample metric)."""
-    kept = (f"train_{metric}", "gap")
+    kept = (f"train_{metric}", "gap", "degenerate")
     return {k: v for k, v in reported_metrics.items() if k.startswith("eval_") or k in kept}
+
+
+def dev_stderr(metric: str, value: float, n: int, positives: int | None = None) -> float | None:
+    """Standard error of a dev-set metric from its `n` rows: a proportion's sqrt(p(1-p)/n) for
+    accuracy; for binary F1, the same over the `positives` rows (F1 is a share of the positive
+    class's predictions and labels, so about that many rows decide it), and over all n rows for
+    macro-F1 (`positives` None: a mean of k class F1s over about n/k rows each); for MCC,
+    Pearson and Spearman, a correlation's (1 - r²) / sqrt(n - 1). None when it cannot be told."""
+    if metric == "accuracy" and n > 0:
+        return math.sqrt(max(value * (1 - value), 0.0) / n)
+    rows = n if positives is None else positives
+    if metric == "f1" and rows > 0:
+        return math.sqrt(max(value * (1 - value), 0.0) / rows)
+    if metric in ("mcc", "pearson", "spearman") and n > 1:
+        return (1 - value * value) / math.sqrt(n - 1)
+    return None

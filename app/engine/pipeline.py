@@ -13,11 +13,20 @@ import torch
 from app.engine import step_size
 from app.engine.artifact import TaskArtifact
 from app.engine.base import check_max_length, load_base, position_limit
-from app.engine.data import ColumnSpec, LabelledText, TokenizedDataset, make_loader
+from app.engine.data import (
+    ColumnSpec,
+    LabelledText,
+    TokenizedDataset,
+    batches_per_epoch,
+    make_loader,
+    split_rows,
+)
 from app.engine.errors import DataFormatError, SubspaceConfigError
 from app.engine.groups import DEFAULT_SAID_GROUPS
+from app.engine.lr_probe import ProbeResult, holdout_rows, probe_lr
 from app.engine.methods import TaskSettings, check_settings, get_method
 from app.engine.metrics import kept_in_task, reported
+from app.engine.quality import Verdict, judge
 from app.engine.reconstruct import load_task_model
 from app.engine.task_types import CLASSIFICATION, OutputSpace, fit_output_space
 from app.engine.trainer import (
@@ -49,6 +58,9 @@ class TrainRequest:
     task_type: str | None = None
     # method-specific: SAID: said_groups ("layer" unless given); lowrank: rank, targets, scales
     options: dict = field(default_factory=dict)
+    # without eval data, hold out a seeded slice of the training data (10 %, at most 2,000
+    # rows) to evaluate on and select the best state by; the CLI and the service turn it on
+    holdout: bool = False
 
 
 @dataclass
@@ -59,6 +71,11 @@ class TrainOutcome:
     artifact: TaskArtifact | None  # None for full fine-tuning
     model: torch.nn.Module  # the trained classifier (materialised for subspace runs)
     tokenizer: object
+    lr: float | None = None  # the learning rate trained with (None: the method's default)
+    probe: ProbeResult | None = None  # how `lr` was picked, for learning_rate "auto"
+    held_out_rows: int | None = None  # training rows held out for evaluation (no eval data)
+    verdict: Verdict | None = None  # whether the task beats a constant prediction
+    stopped_early: bool = False
 
 
 def method_options(req: TrainRequest) -> dict:
@@ -84,6 +101,8 @@ def run_fingerprint(req: TrainRequest, device: str | torch.device = "cpu") -> st
         key.append({"lr_rule": step_size.RULE})  # checkpoints from before the rule: refused
     if req.task_type not in (None, CLASSIFICATION):
         key.append(req.task_type)  # classification runs keep the fingerprints they had
+    if req.holdout and req.eval_data is None:
+        key.append("holdout")
     options = method_options(req)
     if options:
         key.append({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
@@ -99,6 +118,49 @@ def _dataset(data: LabelledText, tokenizer, max_length: int, space: OutputSpace)
         raise DataFormatError("training and evaluation data need a label column")
     space.targets(data.labels)  # fails early, naming unknown labels or bad numbers
     return TokenizedDataset(data, tokenizer, max_length, space)
+
+
+def holdout_count(data: LabelledText) -> int:
+    """Rows held out without eval data: 10 %, at most 2,000; none below 20 rows."""
+    n = len(data.texts)
+    return 0 if n < 20 else min(2000, n // 10)
+
+
+def _model_maker(req: TrainRequest, base, device):
+    """A fresh model to train at each call: the method's wrapper at θ = 0, or for full
+    fine-tuning the base with its initial weights restored (the probe trains several)."""
+    method = req.config.method
+    if method == "full":
+        if req.options:
+            raise SubspaceConfigError(
+                f"option(s) {', '.join(sorted(req.options))} do not apply to full fine-tuning"
+            )
+        initial = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+
+        def fresh_full() -> torch.nn.Module:
+            base.model.load_state_dict(initial)
+            model = base.model.to(device)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model
+
+        return fresh_full
+    settings = TaskSettings.of(method, req.dim, req.seed, **method_options(req))
+    check_settings(base.model, base.seeded, settings)
+    return lambda: get_method(method).build(base.model, base.seeded, settings, device)
+
+
+def _probe(req, train_data, base, space, make_model, callbacks, device) -> ProbeResult:
+    """Resolve learning_rate "auto" (app/engine/lr_probe.py) on the training rows."""
+    rest, held = split_rows(train_data, holdout_rows(len(train_data.texts)), req.seed + 1)
+    train_set = _dataset(rest, base.tokenizer, req.max_length, space)
+    held_set = _dataset(held, base.tokenizer, req.max_length, space)
+    config = req.config
+    total = config.max_steps or batches_per_epoch(len(train_set), config.batch_size) * (
+        config.epochs or 1
+    )
+    pad_id = base.tokenizer.pad_token_id or 0
+    return probe_lr(make_model, train_set, held_set, config, total, pad_id, device, callbacks)
 
 
 def output_space(req: TrainRequest) -> OutputSpace:
@@ -126,27 +188,25 @@ def train_task(
     space = output_space(req)
     base = load_base(req.model, num_labels=space.size, seed=req.seed)
     check_max_length(base, req.max_length)
+    callbacks = callbacks or TrainCallbacks()
     pad_id = base.tokenizer.pad_token_id or 0
-    train_set = _dataset(req.train_data, base.tokenizer, req.max_length, space)
-    eval_set = (
-        _dataset(req.eval_data, base.tokenizer, req.max_length, space) if req.eval_data else None
-    )
-    if method == "full":
-        if req.options:
-            raise SubspaceConfigError(
-                f"option(s) {', '.join(sorted(req.options))} do not apply to full fine-tuning"
-            )
-        model = base.model.to(device)
-        for p in model.parameters():
-            p.requires_grad_(True)
-    else:
-        settings = TaskSettings.of(method, req.dim, req.seed, **method_options(req))
-        check_settings(base.model, base.seeded, settings)
-        model = get_method(method).build(base.model, base.seeded, settings, device)
+    train_data, eval_data, held_out_rows = req.train_data, req.eval_data, None
+    if eval_data is None and req.holdout and (held_out_rows := holdout_count(train_data)):
+        train_data, eval_data = split_rows(train_data, held_out_rows, req.config.data_seed)
+        callbacks.on_event("held_out", {"rows": held_out_rows, "of": len(req.train_data.texts)})
+    train_set = _dataset(train_data, base.tokenizer, req.max_length, space)
+    eval_set = _dataset(eval_data, base.tokenizer, req.max_length, space) if eval_data else None
+    make_model = _model_maker(req, base, device)
+    config, probe = req.config, None
+    if config.learning_rate == "auto":
+        probe = _probe(req, train_data, base, space, make_model, callbacks, device)
+        config = replace(config, learning_rate=probe.lr)
+        callbacks.on_event("lr_probe", probe.as_event())
+    model = make_model()
     result = train(
         model,
         train_set,
-        req.config,
+        config,
         pad_id,
         eval_set,
         callbacks,
@@ -154,9 +214,20 @@ def train_task(
         run_fingerprint(req, device),
         device,
     )
-    metrics = dict(result.metrics)
+    verdict = None
+    if eval_set is not None:
+        selected = selection_metric(config, space)
+        verdict = judge(space, selected, result.metrics[selected], train_data.labels,
+                        eval_data.labels)  # fmt: skip
+        if verdict.degenerate:
+            callbacks.on_event("degenerate", {"message": verdict.warning()})
+    extra = dict(lr=config.lr, probe=probe, held_out_rows=held_out_rows, verdict=verdict,
+                 stopped_early=result.stopped_early)  # fmt: skip
+    metrics = dict(result.metrics) | (verdict.as_metrics() if verdict else {})
     if method == "full":
-        return TrainOutcome(metrics, result.step, result.history, None, model, base.tokenizer)
+        return TrainOutcome(
+            metrics, result.step, result.history, None, model, base.tokenizer, **extra
+        )
 
     artifact = TaskArtifact(
         model=req.model,
@@ -181,12 +252,14 @@ def train_task(
         artifact.theta.to(device), None if artifact.lam is None else artifact.lam.to(device)
     )
     if eval_set is not None and req.storage_dtype != "float32":
-        probe = train_probe(train_set, req.config.train_eval_rows)
-        metrics = score(model, eval_set, probe, req.config, pad_id, device)
-    selected = selection_metric(req.config, space)
+        sample = train_probe(train_set, config.train_eval_rows)
+        metrics = score(model, eval_set, sample, config, pad_id, device)
+        metrics |= verdict.as_metrics() if verdict else {}
+    selected = selection_metric(config, space)
     artifact = replace(artifact, metrics=kept_in_task(reported(metrics), selected))
     return TrainOutcome(
-        metrics, result.step, result.history, artifact, model.materialize(), base.tokenizer
+        metrics, result.step, result.history, artifact, model.materialize(), base.tokenizer,
+        **extra,
     )
 
 

@@ -49,7 +49,9 @@ class TrainConfig:
     method: str = "said"  # a registered method (app/engine/methods.py) or "full"
     epochs: int | None = None  # either epochs or max_steps; both None means 1 epoch
     max_steps: int | None = None
-    learning_rate: float | None = None
+    # a rate, None for the method's default, or "auto": a short probe picks it from a grid
+    # (app/engine/lr_probe.py; the pipeline resolves it before training)
+    learning_rate: float | Literal["auto"] | None = None
     batch_size: int = 32
     eval_batch_size: int = 64
     optimizer: Literal["adamw", "adam"] = "adamw"
@@ -67,9 +69,14 @@ class TrainConfig:
     # Rows of a fixed sample of the training set scored at each evaluation too: the train
     # metric and the relative generalisation gap (paper §5). 0 turns it off.
     train_eval_rows: int = 512
+    # stop once this many evaluations in a row have not improved the selection metric (the
+    # best state is kept either way); None: train every step
+    patience: int | None = None
 
     @property
     def lr(self) -> float:
+        if self.learning_rate == "auto":
+            raise SubspaceConfigError("learning rate 'auto' must be resolved by a probe first")
         if self.learning_rate is not None:
             return self.learning_rate
         return FULL_LR if self.method == "full" else get_method(self.method).default_lr
@@ -111,6 +118,7 @@ class TrainResult:
     metrics: dict[str, float]  # eval metrics of the best state (or last train loss without eval)
     best_step: int
     history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
 
 
 class TrainCallbacks:
@@ -121,6 +129,10 @@ class TrainCallbacks:
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def on_checkpoint(self, step: int) -> None: ...
+
+    def on_event(self, kind: str, data: dict) -> None:
+        """Something the user should see besides progress: the learning-rate probe's choice, a
+        held-out slice, an early stop, a degenerate task."""
 
     def should_stop(self) -> bool:
         return False
@@ -172,6 +184,21 @@ def predict_logits(model: nn.Module, loader: Iterable[dict], device: torch.devic
         out.append(run(**batch).logits.float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, dataset, config: TrainConfig, pad_id: int, device) -> float:
+    """The training loss averaged over a labelled dataset, in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, rows = 0.0, 0
+    loader = make_loader(dataset, config.eval_batch_size, False, 0, pad_id)
+    for batch in _batches_to_device(loader, torch.device(device)):
+        n = len(batch["labels"])
+        total += model(**batch).loss.float().item() * n
+        rows += n
+    model.train(was_training)
+    return total / max(rows, 1)
 
 
 def evaluate(model: nn.Module, dataset, space, config: TrainConfig, pad_id: int, device) -> dict:
@@ -241,7 +268,7 @@ def train(
     callbacks = callbacks or TrainCallbacks()
     device = torch.device(device)
     per_epoch = batches_per_epoch(len(train_set), config.batch_size)
-    total = config.max_steps or per_epoch * (config.epochs or 1)
+    total = planned = config.max_steps or per_epoch * (config.epochs or 1)
     params = _trainable(model)
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(param_groups(model, params, config.lr), weight_decay=config.weight_decay)
@@ -254,6 +281,7 @@ def train(
     metric = selection_metric(config, train_set.space)
 
     step, best_metric, best_step, best_state, history = 0, -math.inf, 0, None, []
+    stale = 0  # evaluations since the best one (early stopping)
     if checkpoint_path:
         ckpt = load_checkpoint(checkpoint_path, run_id, context)
         if ckpt is not None:
@@ -282,7 +310,7 @@ def train(
             callbacks.on_checkpoint(step)
 
     def maybe_eval() -> None:
-        nonlocal best_metric, best_step, best_state
+        nonlocal best_metric, best_step, best_state, stale
         if eval_set is None:
             return
         metrics = score(model, eval_set, probe, config, pad_id, device)
@@ -290,6 +318,9 @@ def train(
         callbacks.on_eval(step, metrics)
         if metrics[metric] > best_metric:
             best_metric, best_step, best_state = metrics[metric], step, _snapshot(model)
+            stale = 0
+        else:
+            stale += 1
 
     model.train()
     while step < total:
@@ -323,6 +354,10 @@ def train(
                 maybe_eval()
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 checkpoint()
+            if config.patience and stale >= config.patience and step < total:
+                callbacks.on_event("early_stop", {"step": step, "best_step": best_step,
+                                                  f"best_{metric}": best_metric})  # fmt: skip
+                total = step  # ends both loops; the best state is restored below
             if step >= total:
                 break
     if best_state is not None:
@@ -332,4 +367,4 @@ def train(
     model.eval()
     best = next((h for h in history if h["step"] == best_step), {})
     metrics = {k: v for k, v in best.items() if k != "step"}
-    return TrainResult(step, metrics, best_step or step, history)
+    return TrainResult(step, metrics, best_step or step, history, stale > 0 and step < planned)

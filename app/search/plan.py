@@ -108,22 +108,6 @@ def run_key(kind: str, d: int, lr: float, seed: int = 0) -> str:
     return key if seed == 0 else f"{key}:seed={seed}"
 
 
-def dev_stderr(metric: str, value: float, n: int, positives: int | None = None) -> float | None:
-    """Standard error of a dev-set metric from its `n` rows: a proportion's sqrt(p(1-p)/n) for
-    accuracy; for binary F1, the same over the `positives` rows (F1 is a share of the positive
-    class's predictions and labels, so about that many rows decide it), and over all n rows for
-    macro-F1 (`positives` None: a mean of k class F1s over about n/k rows each); for MCC,
-    Pearson and Spearman, a correlation's (1 - r²) / sqrt(n - 1). None when it cannot be told."""
-    if metric == "accuracy" and n > 0:
-        return math.sqrt(max(value * (1 - value), 0.0) / n)
-    rows = n if positives is None else positives
-    if metric == "f1" and rows > 0:
-        return math.sqrt(max(value * (1 - value), 0.0) / rows)
-    if metric in ("mcc", "pearson", "spearman") and n > 1:
-        return (1 - value * value) / math.sqrt(n - 1)
-    return None
-
-
 def search_d90(
     plan: D90Plan,
     run: RunFn,

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from app.engine import step_size
 from app.engine.data import LabelledText
 from app.engine.errors import EngineError, SubspaceConfigError
+from app.engine.metrics import dev_stderr
 from app.engine.task_types import OutputSpace, fit_output_space
-from app.search.plan import D90Plan, dev_stderr
+from app.search.plan import D90Plan
 
 
 class SearchMismatchError(EngineError):

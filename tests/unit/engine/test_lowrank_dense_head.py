@@ -96,3 +96,20 @@ def test_peft_export_loads_to_the_same_logits(roberta, tmp_path, spec):
     with torch.no_grad():
         got = loaded(input_ids=IDS, attention_mask=MASK).logits
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_an_mpnet_base_task_is_a_tenth_of_its_v1_size_resident():
+    """mpnet-base's shapes (12 layers, hidden 768, two labels), on the meta device: a v2 task
+    holds 316 KB in float32 (its dense head layer at rank 4: 12 KB), a v1 task 2.6 MB."""
+    from transformers import MPNetConfig
+
+    from app.engine.lowrank.layout import layout_for
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(MPNetConfig(num_labels=2))
+    seeded = frozenset(n for n, _ in model.named_parameters() if n.startswith("classifier."))
+    sizes = {
+        spec: bytes_per_task(layout_for(model, seeded, LowRankConfig(1000, 0, spec=spec)))
+        for spec in ("lowrank-v1", "lowrank-v2")
+    }
+    assert sizes == {"lowrank-v1": 2_663_432, "lowrank-v2": 316_424}, sizes

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from app.search.plan import D90Plan, dev_stderr, run_key, search_d90
+from app.engine.metrics import dev_stderr
+from app.search.plan import D90Plan, run_key, search_d90
 
 
 def step_metric(threshold_d: int, full: float = 0.9, low: float = 0.5):
