@@ -69,6 +69,19 @@ def add_task(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def learning_rate(value: str) -> float | str:
+    """--lr: a positive number, or 'auto'."""
+    if value == "auto":
+        return value
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return rate
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kilotask", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,13 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--max-steps", type=int)
     t.add_argument(
         "--lr",
-        type=float,
-        help="learning rate (default: 0.2 subspace, 3e-5 full); a subspace method's is θ's at "
-        "d = 1000, scaled by √(1000/d) at other d so that a step moves the weights as far",
+        type=learning_rate,
+        help="learning rate, or 'auto': a short probe of four rates picks it (default: 0.2 "
+        "subspace, 3e-5 full); a subspace method's is θ's at d = 1000, scaled by √(1000/d) at "
+        "other d so that a step moves the weights as far",
     )
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--eval-every", type=int, help="evaluate every N steps (default: per epoch)")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after N evaluations in a row without a better metric (the best state is "
+        "kept; default 3; 0: never stop early)",
+    )
     add_task(t)
     t.add_argument(
         "--metric",

@@ -51,6 +51,7 @@ def train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_steps=args.max_steps,
         learning_rate=args.lr,
+        patience=args.patience or None,
         batch_size=args.batch_size,
         eval_every=args.eval_every,
         metric=args.metric,
@@ -70,6 +71,7 @@ def train(args: argparse.Namespace) -> int:
         config,
         args.task,
         method_options(args),
+        holdout=True,
     )
     from app.engine.metrics import reported
 
@@ -78,7 +80,16 @@ def train(args: argparse.Namespace) -> int:
     metric = args.metric or ("pearson" if args.task == "regression" else "accuracy")
     summary = {f"eval_{metric}": None}  # stays null without --eval
     summary.update(reported(outcome.metrics))
-    summary.update(method=args.method, steps=outcome.step)
+    summary.update(method=args.method, steps=outcome.step, lr=outcome.lr)
+    if outcome.probe is not None:
+        summary["lr_probe"] = outcome.probe.as_event()["losses"]
+    if outcome.held_out_rows:
+        summary["held_out_rows"] = outcome.held_out_rows  # evaluated on these, not on --eval
+    if outcome.stopped_early:
+        summary["stopped_early"] = True
+    if outcome.verdict is not None and outcome.verdict.degenerate:
+        summary["degenerate"] = True
+        print(f"kilotask: warning: {outcome.verdict.warning()}", file=sys.stderr)
     if outcome.artifact is None:
         outcome.model.save_pretrained(args.out)
         outcome.tokenizer.save_pretrained(args.out)

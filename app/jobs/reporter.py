@@ -95,6 +95,12 @@ class JobReporter(TrainCallbacks):
         self.record({"metrics": shown}, "metrics", step=step, **shown)
         self.flush()
 
+    def on_event(self, kind: str, data: dict) -> None:
+        """The learning-rate probe's choice and losses, a held-out slice, an early stop, a
+        degenerate task: one job event each (the console shows them)."""
+        self.record(None, kind, **data)
+        self.flush()
+
     def on_checkpoint(self, step: int) -> None:
         assert self.path is not None, "checkpoints need a checkpoint path"
         if self.checkpoint_ref is not None:

@@ -33,6 +33,7 @@ def run_training(session: Session, job: Job, lease: Lease, settings: Settings, d
     hp = dict(job.hyperparameters)
     storage_dtype = hp.pop("storage_dtype", "float32")
     max_length = hp.pop("max_length", 128)
+    hp["patience"] = hp.get("patience") or None  # 0: never stop early
     config = TrainConfig(method=job.method, checkpoint_every=settings.checkpoint_every, **hp)
     train_ds = session.get(Dataset, job.train_dataset_id)
     eval_ds = session.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
@@ -59,6 +60,7 @@ def run_training(session: Session, job: Job, lease: Lease, settings: Settings, d
                 config,
                 job.task_type,
                 dict(job.options or {}),
+                holdout=True,
             )
             session.commit()  # end the read transaction: training holds no connection
             outcome = train_task(request, reporter, str(ckpt), device)

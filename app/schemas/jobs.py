@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,7 +40,19 @@ class Hyperparameters(BaseModel):
 
     epochs: int | None = Field(None, ge=1, le=1000)
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
-    learning_rate: float | None = Field(None, gt=0, le=10)
+    learning_rate: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] | None = Field(
+        None,
+        description="a rate, or \"auto\": a short probe of four rates picks it (its choice "
+        "and losses are the job's lr_probe event); default: 0.2 subspace (θ's rate at d = "
+        "1000, scaled by √(1000/d)), 3e-5 full",
+    )
+    patience: int | None = Field(
+        3,
+        ge=0,
+        le=10_000,
+        description="stop after this many evaluations in a row without a better metric "
+        "(the best state is kept); 0: never stop early",
+    )
     batch_size: int = Field(32, ge=1, le=4096)
     max_length: int = Field(128, ge=8, le=4096)
     eval_every: int | None = Field(None, ge=1, le=10_000_000)

@@ -56,6 +56,7 @@ function metricsText(metrics) {
   const shown = Object.entries(m).filter(([k, v]) => k.startsWith("eval_") && typeof v === "number");
   const parts = shown.map(([k, v]) => `${k.slice(5)} ${fmt(v)}`);
   if (typeof m.gap === "number") parts.push(`gap ${fmt(m.gap, 3)}`);
+  if (m.degenerate) parts.push("DEGENERATE: no better than a constant prediction (train longer, raise d, or try another learning rate)");
   return parts.join(", ");
 }
 
