@@ -8,7 +8,6 @@ import torch
 from app.engine.base import load_base
 from app.engine.data import read_table
 from app.engine.pipeline import TrainRequest, train_task
-from app.engine.step_size import scales_of_parts, theta_scale
 from app.engine.trainer import TrainConfig
 from tests.factories import make_tiny_bert, sentiment_rows, write_tsv
 
@@ -53,13 +52,3 @@ def test_one_step_moves_the_weights_as_far_at_every_d(wide_bert, rows, method):
     changes = {d: one_step_change(wide_bert, rows, method, d) for d in DIMS}
     print(f"\n{method}: ‖ΔW‖ after one step by d", changes)
     assert max(changes.values()) / min(changes.values()) < 1.5, changes
-
-
-def test_parts_with_their_own_projections_move_every_output_as_far():
-    """Split in proportion to the outputs, each part gets the single-projection rate; a part
-    given fewer coordinates than its share gets a larger rate, so its outputs move as far."""
-    assert theta_scale(1000) == 1.0 and theta_scale(250) == 2.0
-    assert scales_of_parts([(750, 3000), (250, 1000)]) == pytest.approx([1.0, 1.0])
-    assert scales_of_parts([(900, 3000), (100, 1000)]) == pytest.approx(
-        [(1000 * 3000 / (900 * 4000)) ** 0.5, (1000 * 1000 / (100 * 4000)) ** 0.5]
-    )

@@ -252,14 +252,13 @@ def test_killed_search_with_seeds_resumes_without_redoing_runs(fake, data, tmp_p
     assert (out / "d90-task.safetensors").read_bytes() == b"said-1000-0.2-0"  # seed 0's task
 
 
-def test_a_search_folder_from_before_seeds_resumes(fake, data, tmp_path):
-    """An old state.json (fingerprint of a plan without seeds, keys without a seed) resumes:
-    nothing in it is trained again; the new search trains only the sweep points above the
-    first pass that the old one skipped."""
+def test_a_search_folder_from_before_the_learning_rate_rule_is_not_resumed(fake, data, tmp_path):
+    """An old state.json (before seeds and before the learning-rate rule: its method runs
+    took other steps at every d but 1000) is refused, naming the rule and --reuse, rather than
+    mixed with new runs."""
     import hashlib
 
     train, dev = tables(data)
-    # a SAID search from before SAID groupings had one λ per tensor
     setup = D90Setup("fake", budget_steps=16, options=(("said_groups", "tensor"),))
     plan = D90Plan(min_d=100, max_d=10_000, sweep_points=3, tolerance=9.0, lr_grid=(0.2,),
                    full_lr_grid=(1e-2,))  # fmt: skip
@@ -269,18 +268,15 @@ def test_a_search_folder_from_before_seeds_resumes(fake, data, tmp_path):
     h = hashlib.sha256(json.dumps([setup.recorded_settings(), old_plan], sort_keys=True).encode())
     for table in (train, dev):
         h.update(json.dumps([table.texts, table.text_pairs, table.labels]).encode())
-    assert setup.fingerprint(plan, train, dev) == h.hexdigest()
+    assert setup.fingerprint(plan, train, dev) != h.hexdigest()  # the rule is in it now
     out = tmp_path / "old"
     out.mkdir()
     old = {"full:d=0:lr=0.01": 0.9, "said:d=100:lr=0.2": 0.5, "said:d=1000:lr=0.2": 0.85}
     state = {"fingerprint": h.hexdigest(), "runs_fingerprint": "old", "runs": old}
     (out / "state.json").write_text(json.dumps(state))
-    fake.metric = staticmethod(lambda kind, d, lr, seed: 0.85)
-    result = run_d90(setup, plan, train, dev, out)
-    assert fake.trained == ["said:d=10000:lr=0.2"]
-    assert result.d90 == 1000 and result.bracket == (100, 1000) and result.censored is None
-    fake.trained.clear()
-    assert run_d90(setup, plan, train, dev, out).d90 == 1000 and fake.trained == []  # replay
+    with pytest.raises(SearchMismatchError, match=r"learning-rate rule.*--reuse"):
+        run_d90(setup, plan, train, dev, out)
+    assert fake.trained == []
 
 
 def test_results_from_before_read_and_plot():
