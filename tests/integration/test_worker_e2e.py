@@ -201,7 +201,8 @@ def test_cancel_stops_a_running_job(stack, tiny_bert, tmp_path):
     auth = new_key(settings)
     ds = upload(client, auth, tmp_path, 128)
     start_worker()
-    job = submit(client, auth, str(tiny_bert), ds, "cancel-me", max_steps=100_000)
+    # patience 0: no early stop, so the job is still running when the cancel comes
+    job = submit(client, auth, str(tiny_bert), ds, "cancel-me", max_steps=100_000, patience=0)
     wait_for(client, auth, job["id"], lambda j: j["status"] == "running", timeout=120)
     asked = time.monotonic()
     r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
