@@ -135,10 +135,14 @@ def _model_maker(req: TrainRequest, base, device):
             raise SubspaceConfigError(
                 f"option(s) {', '.join(sorted(req.options))} do not apply to full fine-tuning"
             )
-        initial = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+        # only a probe trains the base more than once: then keep its initial weights
+        initial = None
+        if req.config.learning_rate == "auto":
+            initial = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
 
         def fresh_full() -> torch.nn.Module:
-            base.model.load_state_dict(initial)
+            if initial is not None:
+                base.model.load_state_dict(initial)
             model = base.model.to(device)
             for p in model.parameters():
                 p.requires_grad_(True)
