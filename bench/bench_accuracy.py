@@ -7,8 +7,9 @@ trainable parameters and the seconds per step. One JSON line per run, and all of
     .venv/bin/python bench/bench_accuracy.py --tasks trec50 trec6 --steps 171 --out acc.json
 
 Fitted to a 2-core CPU: `--train-rows` caps the training rows (a seeded sample), each method
-gets two or three learning rates (PEFT methods: around what their authors recommend; kilotask:
-its default and `auto`), and the dev metric is measured at the end and at the middle.
+gets its own learning rates (PEFT methods: two around what their authors recommend, `--peft-lrs`;
+kilotask: its default, `auto`, plus any `--kilotask-lrs`), and the dev metric is measured at
+the middle and at the end.
 """
 
 from __future__ import annotations
@@ -59,9 +60,8 @@ TASKS = {
     "trec50": Task(f"{TREC}/train.tsv", f"{TREC}/test.tsv", ColumnSpec("question", None, "fine")),
 }  # fmt: skip
 
-# method -> learning rates tried (kilotask: its default and the probe)
-KILOTASK = {"full": [5e-5, 2e-4], "said": [None, "auto"], "did": [None, "auto"],
-            "lowrank": [None, "auto"]}  # fmt: skip
+# kilotask: its default, `auto` (the probe picks the rate); --kilotask-lrs adds fixed ones
+KILOTASK = ("full", "said", "did", "lowrank")
 PEFT = {
     "lora": [1e-3, 5e-3],  # LoRA r = 8 on query/value: 5e-3 won on the issue's intent set
     "vera": [5e-3, 2e-2],  # VeRA's GLUE rates are 4e-3 to 1e-2 for its vectors
@@ -156,6 +156,10 @@ def run_peft(task: Task, train, dev, name, lr, args) -> dict:
             "trainable": sum(p.numel() for p in params), "seconds": seconds}  # fmt: skip
 
 
+def _rate(value: str) -> float | str:
+    return value if value == "auto" else float(value)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2", "mrpc", "cola", "stsb"],
@@ -166,6 +170,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--train-rows", type=int, default=None)
+    parser.add_argument("--kilotask-lrs", nargs="+", type=_rate, default=["auto"],
+                        help="kilotask's rates: auto (its default) and/or fixed ones")  # fmt: skip
+    parser.add_argument("--peft-lrs", type=int, default=2,
+                        help="how many of each PEFT method's rates to try (1: the first)")
     parser.add_argument("--out", default="bench-accuracy.json")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -176,9 +184,9 @@ def main() -> int:
         for method in args.methods:
             if method in KILOTASK:
                 dims = [0] if method == "full" else args.dims
-                runs = [(d, lr) for d in dims for lr in KILOTASK[method]]
+                runs = [(d, lr) for d in dims for lr in args.kilotask_lrs]
             else:
-                runs = [(None, lr) for lr in PEFT[method]]
+                runs = [(None, lr) for lr in PEFT[method][: args.peft_lrs]]
             for dim, lr in runs:
                 if method in KILOTASK:
                     got = run_kilotask(task, train, dev, method, max(dim, 1), lr, args)

@@ -181,4 +181,6 @@ class Task(Base):
     # "classification" or "regression" (None: a task from before regression, a classifier)
     task_type: Mapped[str | None] = mapped_column(String(16))
     target_stats: Mapped[list | None] = mapped_column(JSON)  # regression: [mean, std]
+    # how it was trained: {"lr", "probe": {rate: held-out loss}} (None: before recipes)
+    recipe: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

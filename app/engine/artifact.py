@@ -45,7 +45,7 @@ _STRING_FIELDS = {
 # Fields that older files lack: left out of the file and the digest when unset, so every file
 # written before they existed loads, and hashes, unchanged. (A build that predates a field
 # refuses a file that has it: the dataclass takes no unknown keyword.)
-_OPTIONAL_FIELDS = ("rank", "targets", "said_groups", "task_type", "target_stats")
+_OPTIONAL_FIELDS = ("rank", "targets", "said_groups", "task_type", "target_stats", "lr")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class TaskArtifact:
     task_type: "classification" or "regression" (app/engine/task_types.py); None in files
     written before regression existed, which are classifiers. labels: the class names (empty
     for regression). target_stats: regression only, the training targets' (mean, std).
+    lr: the learning rate it was trained with (picked by the probe under `--lr auto`; the
+    probe's losses are in the job's events and the task row, not here: a d=200 file stays
+    under 1 KB); None in files written before it existed.
     """
 
     model: str
@@ -83,6 +86,7 @@ class TaskArtifact:
     said_groups: str | None = None
     task_type: str | None = None
     target_stats: list[float] | None = None
+    lr: float | None = None
 
     @property
     def space(self) -> OutputSpace:
@@ -138,6 +142,11 @@ class TaskArtifact:
                 f"got {self.said_groups!r}"
             )
         self._check_outputs()
+        if self.lr is not None and not (
+            isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+            and math.isfinite(self.lr) and self.lr > 0
+        ):  # fmt: skip
+            raise ArtifactFormatError(f"lr must be a positive number, got {self.lr!r}")
         m = 0 if self.lam is None else self.lam.numel()
         if self.theta.numel() + m != self.dim:
             raise ArtifactFormatError(

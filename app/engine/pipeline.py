@@ -77,6 +77,17 @@ class TrainOutcome:
     verdict: Verdict | None = None  # whether the task beats a constant prediction
     stopped_early: bool = False
 
+    @property
+    def recipe(self) -> dict | None:
+        """How the task was trained, as its row keeps it: the rate and, when a probe picked
+        it, each rate's held-out loss."""
+        if self.lr is None:
+            return None
+        recipe: dict = {"lr": self.lr}
+        if self.probe is not None:
+            recipe["probe"] = self.probe.as_event()["losses"]
+        return recipe
+
 
 def method_options(req: TrainRequest) -> dict:
     """The request's method options with SAID's grouping made explicit (its default is
@@ -250,6 +261,7 @@ def train_task(
         spec=get_method(method).spec,
         task_type=None if space.task_type == CLASSIFICATION else space.task_type,
         target_stats=None if space.target_stats is None else list(space.target_stats),
+        lr=config.lr,
         **model.artifact_fields(),
     )
     model.load_vector(

@@ -80,6 +80,6 @@ def run_training(session: Session, job: Job, lease: Lease, settings: Settings, d
             raise
     metrics = reported(outcome.metrics)  # the job shows them all; the task keeps what its file does
     reporter.finish("succeeded", values={"metrics": metrics, **_NO_CHECKPOINT},
-                    also=task_storer(job, outcome.artifact))  # fmt: skip
+                    also=task_storer(job, outcome.artifact, outcome.recipe))  # fmt: skip
     store.remove(job.id)
     return "succeeded"

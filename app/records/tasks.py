@@ -52,6 +52,7 @@ def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> 
         said_groups=art.said_groups,
         task_type=art.task_type,
         target_stats=art.target_stats,
+        recipe=None if art.lr is None else {"lr": art.lr},
     )
 
 
@@ -77,12 +78,16 @@ def artifact_from_row(row: Task) -> TaskArtifact:
         said_groups=row.said_groups,
         task_type=row.task_type,
         target_stats=row.target_stats,
+        lr=(row.recipe or {}).get("lr"),
     )
 
 
-def task_storer(job: Job, artifact: TaskArtifact | None) -> Callable[[Session], dict]:
+def task_storer(
+    job: Job, artifact: TaskArtifact | None, recipe: dict | None = None
+) -> Callable[[Session], dict]:
     """Store the job's task in the same fenced transaction as its final status: a job whose
-    lease was lost stores nothing, and the unique job_id keeps it to one task."""
+    lease was lost stores nothing, and the unique job_id keeps it to one task. `recipe`: how
+    it was trained (the probe's losses too, which the task file leaves out)."""
 
     def store(session: Session) -> dict:
         if artifact is None:
@@ -90,6 +95,7 @@ def task_storer(job: Job, artifact: TaskArtifact | None) -> Callable[[Session], 
         task_id = session.scalar(select(Task.id).where(Task.job_id == job.id))
         if task_id is None:
             row = row_from_artifact(artifact, job.tenant_id, job.id)
+            row.recipe = recipe or row.recipe
             session.add(row)
             session.flush()
             task_id = row.id

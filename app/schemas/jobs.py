@@ -34,17 +34,18 @@ def method_options(body) -> dict:
 
 
 class Hyperparameters(BaseModel):
-    """Training settings; unset ones take the engine's defaults (subspace lr 0.2, full 3e-5)."""
+    """Training settings; unset ones take the engine's defaults (learning rate: a probe)."""
 
     model_config = ConfigDict(extra="forbid")
 
     epochs: int | None = Field(None, ge=1, le=1000)
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
     learning_rate: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] | None = Field(
-        None,
-        description="a rate, or \"auto\": a short probe of four rates picks it (its choice "
-        "and losses are the job's lr_probe event); default: 0.2 subspace (θ's rate at d = "
-        "1000, scaled by √(1000/d)), 3e-5 full",
+        "auto",
+        description="a rate, or \"auto\" (default): a short probe of four rates on a held-out "
+        "slice of the training data picks it (its choice and losses are the job's lr_probe "
+        "event and the task's recipe); null: the fixed default, 0.2 subspace (θ's rate at "
+        "d = 1000, scaled by √(1000/d)), 3e-5 full",
     )
     patience: int | None = Field(
         3,

@@ -29,6 +29,11 @@ class TaskPublic(BaseModel):
     said_groups: str | None = None  # SAID only: "layer" or "tensor" (older tasks: "tensor")
     task_type: str | None = None  # "classification" or "regression" (older: classification)
     target_stats: list[float] | None = None  # regression: the training targets' [mean, std]
+    recipe: dict | None = Field(
+        None,
+        description="how it was trained: the learning rate used and, when the probe picked "
+        "it (learning_rate \"auto\"), each rate's held-out loss",
+    )
     bytes: int = Field(validation_alias=AliasChoices("size_bytes", "bytes"))
     created_at: UtcDatetime
 

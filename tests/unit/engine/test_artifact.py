@@ -44,6 +44,19 @@ def test_d200_said_task_in_float16_is_under_a_kilobyte():
     assert len(make_task(dtype="float16").to_bytes()) < 1024
 
 
+def test_learning_rate_round_trips_and_is_part_of_the_digest():
+    task = make_task(lr=0.1)
+    back = TaskArtifact.from_bytes(task.to_bytes())
+    assert back.lr == 0.1 and back.digest == task.digest != make_task().digest
+    assert "lr" not in make_task().describe()  # files without one hash as before
+
+
+@pytest.mark.parametrize("lr", [0, -0.1, "0.1", True, float("inf")])
+def test_a_malformed_learning_rate_is_refused(lr):
+    with pytest.raises(ArtifactFormatError, match="lr must be"):
+        make_task(lr=lr)
+
+
 def test_float16_holds_exactly_the_rounded_values():
     task = make_task(dtype="float16")
     assert torch.equal(task.theta, task.theta.half().float())

@@ -253,7 +253,8 @@ def test_task_file_checks_rank_and_spec(tiny_bert, spec):
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_d200_float16_file_is_under_a_kilobyte(spec):
-    """A d = 200 lowrank task in float16, with the metadata a trained SST-2 task carries."""
+    """A d = 200 lowrank task in float16, with the metadata a trained SST-2 task carries
+    (the learning rate it was trained with included)."""
     m = 14  # 12 targets (query, value × 6 layers) + 2 head tensors, as on MiniLM-L6
     task = TaskArtifact(
         model="minilm-l6", base_digest="ab" * 32, seed=0, method="lowrank", dim=200,
@@ -261,6 +262,7 @@ def test_d200_float16_file_is_under_a_kilobyte(spec):
         max_length=64, theta=torch.randn(200 - m), lam=torch.ones(m), dtype="float16",
         metrics={"eval_accuracy": 0.7694954, "eval_f1": 0.7598566, "eval_mcc": 0.5435414},
         spec=spec, rank=4, targets="query,value",
+        lr=0.1,
     )  # fmt: skip
     size = len(task.to_bytes())
     assert size <= 1024, size

@@ -50,6 +50,8 @@ def test_auto_learning_rate_is_picked_by_a_probe_and_reported(tiny_bert, data):
     assert set(out.probe.losses) == set(SUBSPACE_GRID) and out.probe.steps == probe_steps(120)
     assert out.probe.losses[out.lr] == min(out.probe.losses.values())
     assert probe["held_out_rows"] == 40  # a fifth of 200 rows, at most 256
+    assert out.artifact.lr == out.lr  # the task file says which rate it was trained with
+    assert out.recipe == {"lr": out.lr, "probe": probe["losses"]}  # what its row keeps
     assert not out.verdict.degenerate and out.metrics["accuracy"] > 0.8
 
 
