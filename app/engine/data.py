@@ -59,7 +59,16 @@ class LabelledText:
     all_columns: list[str]
 
 
+MAX_COLUMNS = 1024  # a data set of text and labels needs a few; a wider one is a mistake
 Row = tuple[int, list[Any]]  # (line number, cells in header order)
+
+
+def _check_width(path: Path, columns: int) -> None:
+    if columns > MAX_COLUMNS:
+        raise DataFormatError(
+            f"{path.name}: the header has {columns} columns; at most {MAX_COLUMNS} are read "
+            "(keep the text, text pair and label columns)."
+        )
 
 
 def _decode(path: Path) -> str:
@@ -87,8 +96,11 @@ def _read_delimited(
     if names is not None:  # a headerless file: the caller names its columns
         rows = [(0, list(names))] + rows
     header = rows[0][1]
+    _check_width(path, len(header))
+    seen: set[str] = set()
     for i, name in enumerate(header):
-        why = "an empty name" if not name else "a duplicated name" if name in header[:i] else ""
+        why = "an empty name" if not name else "a duplicated name" if name in seen else ""
+        seen.add(name)
         if why:
             raise DataFormatError(
                 f"{path.name}: the first row has {why} in column {i + 1}: {_NO_HEADER}"
@@ -110,7 +122,7 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[Row]]:
             continue
         try:
             obj = json.loads(content)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nesting deeper than Python's stack
             obj = None
         if not isinstance(obj, dict):
             raise DataFormatError(
@@ -118,6 +130,7 @@ def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[Row]]:
             )
         if header is None:
             header = list(obj)
+            _check_width(path, len(header))
         rows.append((line, [obj.get(k, _MISSING) for k in header]))
     if header is None:
         raise DataFormatError(f"{path.name}: the file has no JSON objects.")

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
 from app.db.models import Dataset
 from app.db.repo import get_dataset
@@ -48,10 +49,19 @@ async def upload_dataset(
 ) -> Dataset:
     content = await _read_limited(file, int(settings.max_upload_mb * 2**20))
     columns = ColumnSpec(text_column, text_pair_column, label_column)
-    summary = inspect_upload(content, file.filename or "", columns, settings.max_rows)
+    return await offload(
+        tenant_id, _store, session, tenant_id, content, file.filename or "", columns,
+        settings.max_rows,
+    )  # fmt: skip
+
+
+def _store(session, tenant_id: str, content: bytes, filename: str, columns: ColumnSpec,
+           max_rows: int) -> Dataset:  # fmt: skip
+    """Parse, hash and store an upload (seconds for a large file: never on the event loop)."""
+    summary = inspect_upload(content, filename, columns, max_rows)
     row = Dataset(
         tenant_id=tenant_id,
-        filename=file.filename,
+        filename=filename,
         content=content,
         sha256=summary.sha256,
         rows=summary.rows,

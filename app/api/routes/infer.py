@@ -9,9 +9,11 @@ from fastapi import APIRouter, Query, Request
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import InferenceLimit
+from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
 from app.db.models import Task
 from app.db.repo import get_owned
+from app.engine.artifact import TaskArtifact
 from app.errors import InvalidInputError
 from app.records.tasks import artifact_from_row
 from app.schemas.infer import MAX_TEXT, InferInput, InferOutput, InferRequest, InferResponse
@@ -34,7 +36,8 @@ def runtime(request: Request, settings):
     return state.serving
 
 
-async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]) -> InferResponse:
+def _owned_tasks(session, tenant_id: str, inputs: list[InferInput]) -> dict[str, TaskArtifact]:
+    """The tenant's tasks that `inputs` name, each checked against its inputs' shape."""
     tasks = {}
     for item in inputs:
         if item.task not in tasks:
@@ -48,6 +51,11 @@ async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]
                 f"task {item.task} {need} text_pair (it was trained on "
                 f"{art.text_column!r}, {art.text_pair_column!r})"
             )
+    return tasks
+
+
+async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]) -> InferResponse:
+    tasks = await offload(tenant_id, _owned_tasks, session, tenant_id, inputs)
     rt = runtime(request, settings)
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(inputs):
@@ -117,12 +125,15 @@ async def pin_task(
     tenant_id: TenantDep,
 ) -> dict:
     """Preload a task's weights now and keep them resident (never evicted)."""
-    from starlette.concurrency import run_in_threadpool
-
-    art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
     rt = runtime(request, settings)
-    await run_in_threadpool(rt.pin, art)
+    art = await offload(tenant_id, _pin, rt, session, tenant_id, task_id)
     return {"task": task_id, "digest": art.digest, "pinned": True}
+
+
+def _pin(rt, session, tenant_id: str, task_id: str) -> TaskArtifact:
+    art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
+    rt.pin(art)
+    return art
 
 
 @router.delete("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 422))

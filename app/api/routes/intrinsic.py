@@ -6,10 +6,10 @@ import json
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_active_jobs
+from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import check_max_length, method_dim_range
 from app.db.models import Job
@@ -21,10 +21,8 @@ from app.schemas.intrinsic import D90Create, D90Public
 router = APIRouter(prefix="/v1/intrinsic-dimension", tags=["intrinsic dimension"])
 
 
-async def _check_range(body: D90Create, model: str) -> None:
-    low, high = await run_in_threadpool(
-        method_dim_range, model, body.method, body.seed, body.options()
-    )
+def _check_range(body: D90Create, model: str) -> None:
+    low, high = method_dim_range(model, body.method, body.seed, body.options())
     if max(body.min_d, low) >= min(body.max_d, high):
         raise InvalidInputError(
             f"no d to search: {body.method} on '{model}' needs {low} <= d <= "
@@ -46,14 +44,19 @@ async def submit_search(
     tenant_id: TenantDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
+    """Validation loads the model's facts and the data set: off the event loop."""
+    return await offload(tenant_id, _submit, body, session, settings, tenant_id, idempotency_key)
+
+
+def _submit(body: D90Create, session, settings, tenant_id: str, idempotency_key) -> JSONResponse:
     digest = request_hash({"kind": "d90"} | body.model_dump(mode="json"))
     existing = find_idempotent(session, tenant_id, idempotency_key, digest)
     if existing is not None:
         return JSONResponse(D90Public.of(existing).model_dump(mode="json"), 202)
     check_active_jobs(session, settings, tenant_id)
     model = body.model or settings.default_model
-    await _check_range(body, model)
-    await run_in_threadpool(check_max_length, model, body.max_length)
+    _check_range(body, model)
+    check_max_length(model, body.max_length)
     from app.records.datasets import check_task_type  # imports torch, as loading the model did
 
     check_task_type(

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_active_jobs
+from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
 from app.api.routes.models import check_max_length, method_dim_range, model_info
 from app.db.models import Job, JobEvent
@@ -31,8 +31,8 @@ MAX_OFFSET = 10**9
 MAX_EVENT_ID = 2**31 - 1  # job_event.id is a 32-bit INTEGER column
 
 
-async def _check_dim(body: JobCreate, model: str) -> int:
-    info = await run_in_threadpool(model_info, model)
+def _check_dim(body: JobCreate, model: str) -> int:
+    info = model_info(model)
     if body.method == "full":
         if body.options():
             raise InvalidInputError(
@@ -40,9 +40,7 @@ async def _check_dim(body: JobCreate, model: str) -> int:
                 code="invalid_options",
             )
         return info.num_parameters
-    low, high = await run_in_threadpool(
-        method_dim_range, model, body.method, body.seed, body.options()
-    )
+    low, high = method_dim_range(model, body.method, body.seed, body.options())
     if not low <= body.dim <= high:
         raise InvalidInputError(
             f"dim must be in [{low}, {high}] for {body.method} on '{model}', got {body.dim}",
@@ -64,14 +62,19 @@ async def submit_job(
     tenant_id: TenantDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
+    """Validation loads the model's facts and the data set: off the event loop."""
+    return await offload(tenant_id, _submit, body, session, settings, tenant_id, idempotency_key)
+
+
+def _submit(body: JobCreate, session, settings, tenant_id: str, idempotency_key) -> JSONResponse:
     digest = request_hash(body.model_dump(mode="json"))
     existing = find_idempotent(session, tenant_id, idempotency_key, digest)
     if existing is not None:
         return JSONResponse(JobPublic.of(existing).model_dump(mode="json"), 202)
     check_active_jobs(session, settings, tenant_id)
     model = body.model or settings.default_model
-    dim = await _check_dim(body, model)
-    await run_in_threadpool(check_max_length, model, body.hyperparameters.max_length)
+    dim = _check_dim(body, model)
+    check_max_length(model, body.hyperparameters.max_length)
     from app.records.datasets import check_task_type  # imports torch, as loading the model did
 
     train_labels = get_dataset(session, tenant_id, body.train_dataset).label_counts

@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SettingsDep, TenantDep
+from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
 from app.errors import InvalidInputError
 from app.schemas.models import ModelPublic, ModelsPublic
@@ -78,9 +78,13 @@ def check_max_length(model_id: str, max_length: int, what: str = "max_length") -
 
 
 @router.get("", response_model=ModelsPublic, responses=error_responses(*AUTHED, 422))
-async def list_models(settings: SettingsDep, _: TenantDep) -> ModelsPublic:
+async def list_models(settings: SettingsDep, tenant_id: TenantDep) -> ModelsPublic:
+    return await offload(tenant_id, _models, settings.default_model)
+
+
+def _models(default_model: str) -> ModelsPublic:
     from app.engine.base import installed_models
 
     # registered models not installed here are left out; the default is listed (or errs) always
-    ids = sorted(set(installed_models()) | {settings.default_model})
-    return ModelsPublic(data=[await run_in_threadpool(model_info, i) for i in ids])
+    ids = sorted(set(installed_models()) | {default_model})
+    return ModelsPublic(data=[model_info(i) for i in ids])

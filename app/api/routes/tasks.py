@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import Integer, String, select
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ResourceId, SessionDep, TenantDep
+from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import check_max_length, model_info
 from app.db.models import Task
@@ -69,6 +69,10 @@ def download_task(
     )
 
 
+def _export_owned(session, tenant_id: str, task_id: str, fmt: str) -> bytes:
+    return _export_zip(artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task")), fmt)
+
+
 def _export_zip(artifact: TaskArtifact, fmt: str) -> bytes:
     """The exported folder as a zip archive, built in a temporary folder."""
     import io
@@ -100,8 +104,7 @@ async def export_task_zip(
     format: Annotated[Literal["peft", "hf"], Query(description="peft: LoRA adapter; hf: merged")],
 ) -> Response:
     """The task as a zip: a PEFT LoRA adapter (lowrank tasks) or a merged HF model (any)."""
-    artifact = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
-    data = await run_in_threadpool(_export_zip, artifact, format)
+    data = await offload(tenant_id, _export_owned, session, tenant_id, task_id, format)
     return Response(
         data,
         media_type="application/zip",
@@ -145,8 +148,13 @@ async def import_task(
     data = await file.read(MAX_TASK_FILE + 1)
     if len(data) > MAX_TASK_FILE:
         raise PayloadTooLargeError(f"task files are at most {MAX_TASK_FILE // 2**20} MB")
+    return await offload(tenant_id, _import, session, tenant_id, data)
+
+
+def _import(session, tenant_id: str, data: bytes) -> JSONResponse:
+    """Validate a task file (digest, model facts) and store it: off the event loop."""
     artifact = TaskArtifact.from_bytes(data)  # format, spec, digest and finite-vector checks
-    info = await run_in_threadpool(model_info, artifact.model)  # unknown model -> 422
+    info = model_info(artifact.model)  # unknown model -> 422
     if info.base_digest != artifact.base_digest:
         raise BaseModelMismatchError(
             f"task was trained on weights with digest {artifact.base_digest[:12]}…, but this "
