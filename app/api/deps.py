@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
+from app.api.guard import TENANT_KEY
 from app.config import Settings, get_settings
 from app.db.session import session_factory
 from app.records.keys import tenant_for_key
@@ -40,6 +41,9 @@ def get_tenant(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
+    checked = request.scope.get("state", {}).get(TENANT_KEY)  # by the guard, before the body
+    if checked is not None:
+        return checked
     return tenant_for_key(session, request.headers.get("authorization"))
 
 
