@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
+    # each tenant's pins may take this share of a serving budget; all pins together 1 - share
+    serving_pin_share: float = Field(default=0.25, gt=0, le=0.5)
     # Reliability (README "Reliability"): a running job's worker renews its lease every
     # job_lease_s / 6; a sweeper (in every worker and in `serve`) requeues a job whose lease
     # expired, and a queued job whose broker message is gone after requeue_queued_after_s.

@@ -110,7 +110,8 @@ class RequestGuard:
 
 
 def _too_large(limit: int, path: str) -> str:
-    setting = "KILOTASK_MAX_UPLOAD_MB" if path.rstrip("/") in FILE_ROUTES else "KILOTASK_MAX_BODY_MB"
+    upload = path.rstrip("/") in FILE_ROUTES
+    setting = "KILOTASK_MAX_UPLOAD_MB" if upload else "KILOTASK_MAX_BODY_MB"
     return f"the request body is over this route's limit of {limit / 2**20:.1f} MB ({setting})"
 
 

@@ -43,12 +43,18 @@ class ProgressBar(TrainCallbacks):
         """The probe's choice, a held-out slice, an early stop (a degenerate task is the
         command's own warning line)."""
         lines = {
-            "lr_probe": lambda: f"learning rate {data.get('lr'):g} picked by a probe, held-out "
-            f"loss by rate: {data.get('losses')}",
-            "held_out": lambda: f"no --eval: {data.get('rows')} of {data.get('of')} training "
-            "rows held out to evaluate on",
-            "early_stop": lambda: f"stopped early at step {data.get('step')}: no better metric "
-            f"since step {data.get('best_step')}",
+            "lr_probe": lambda: (
+                f"learning rate {data.get('lr'):g} picked by a probe, held-out "
+                f"loss by rate: {data.get('losses')}"
+            ),
+            "held_out": lambda: (
+                f"no --eval: {data.get('rows')} of {data.get('of')} training "
+                "rows held out to evaluate on"
+            ),
+            "early_stop": lambda: (
+                f"stopped early at step {data.get('step')}: no better metric "
+                f"since step {data.get('best_step')}"
+            ),
         }
         if kind in lines and not self.disabled:
             tqdm.write(lines[kind](), file=sys.stderr)

@@ -274,7 +274,12 @@ def train_task(
     selected = selection_metric(config, space)
     artifact = replace(artifact, metrics=kept_in_task(reported(metrics), selected))
     return TrainOutcome(
-        metrics, result.step, result.history, artifact, model.materialize(), base.tokenizer,
+        metrics,
+        result.step,
+        result.history,
+        artifact,
+        model.materialize(),
+        base.tokenizer,
         **extra,
     )
 

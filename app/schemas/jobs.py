@@ -42,7 +42,7 @@ class Hyperparameters(BaseModel):
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
     learning_rate: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] | None = Field(
         "auto",
-        description="a rate, or \"auto\" (default): a short probe of four rates on a held-out "
+        description='a rate, or "auto" (default): a short probe of four rates on a held-out '
         "slice of the training data picks it (its choice and losses are the job's lr_probe "
         "event and the task's recipe); null: the fixed default, 0.2 subspace (θ's rate at "
         "d = 1000, scaled by √(1000/d)), 3e-5 full",

@@ -32,7 +32,7 @@ class TaskPublic(BaseModel):
     recipe: dict | None = Field(
         None,
         description="how it was trained: the learning rate used and, when the probe picked "
-        "it (learning_rate \"auto\"), each rate's held-out loss",
+        'it (learning_rate "auto"), each rate\'s held-out loss',
     )
     bytes: int = Field(validation_alias=AliasChoices("size_bytes", "bytes"))
     created_at: UtcDatetime

@@ -82,10 +82,15 @@ class Entry:
 
 class TaskCache:
     def __init__(
-        self, budget_mb: float, device: str = "cpu", wait_s: float = MEMORY_WAIT_S
+        self,
+        budget_mb: float,
+        device: str = "cpu",
+        wait_s: float = MEMORY_WAIT_S,
+        pin_fraction: float = 1.0,
     ) -> None:
         self.budget_mb = budget_mb  # as configured, for messages
         self.budget = int(budget_mb * 2**20)
+        self.pin_budget = int(self.budget * pin_fraction)  # all pins together, at most
         self.device = device
         self.wait_s = wait_s
         self.stats = CacheStats()
@@ -168,15 +173,8 @@ class TaskCache:
         with self._memory:
             while True:
                 pinned_n, pinned_bytes = self._pinned()
-                if pin and pinned_bytes + nbytes > self.budget:
-                    raise ConflictError(
-                        f"cannot pin: pinned tasks already fill the serving budget "
-                        f"({BUDGET_SETTING} = {self.budget_mb:g} MB): {pinned_n} pinned "
-                        f"({pinned_bytes / 2**20:.1f} MB), and this task needs "
-                        f"{nbytes / 2**20:.1f} MB; unpin a task (DELETE /v1/tasks/{{id}}/pin) "
-                        f"or raise {BUDGET_SETTING}",
-                        code="pin_budget_full",
-                    )
+                if pin:
+                    self._check_pin_room(nbytes)
                 if pinned_bytes + nbytes > self.budget:
                     self.stats.refused += 1
                     too_big = nbytes > self.budget
@@ -226,6 +224,20 @@ class TaskCache:
             free += entry.nbytes
         return free >= nbytes, None
 
+    def _check_pin_room(self, nbytes: int) -> None:
+        """All pins together may take `pin_budget` (ConflictError, 409): the rest of the budget
+        stays for tasks that nobody pinned."""
+        pinned_n, pinned_bytes = self._pinned()
+        if pinned_bytes + nbytes > self.pin_budget:
+            raise ConflictError(
+                f"cannot pin: pinned tasks already fill the {self.pin_budget / 2**20:.1f} MB of "
+                f"the serving budget that pins may take ({BUDGET_SETTING} = "
+                f"{self.budget_mb:g} MB): {pinned_n} pinned ({pinned_bytes / 2**20:.1f} MB), "
+                f"and this task needs {nbytes / 2**20:.1f} MB; unpin a task "
+                f"(DELETE /v1/tasks/{{id}}/pin) or raise {BUDGET_SETTING}",
+                code="pin_budget_full",
+            )
+
     def _pinned(self) -> tuple[int, int]:
         """(pinned tasks, their bytes), counting pins being built."""
         pinned = [e.nbytes for e in self._entries.values() if e.pinned]
@@ -244,6 +256,8 @@ class TaskCache:
                 if entry is not None:
                     self._entries.move_to_end(task.digest)
                     self.stats.hits += 1
+                    if pin and not entry.pinned:
+                        self._check_pin_room(entry.nbytes)
                     entry.pinned = entry.pinned or pin
                     entry.users += hold
                     return entry

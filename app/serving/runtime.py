@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.engine.artifact import TaskArtifact
 from app.engine.methods import get_method
@@ -10,6 +10,9 @@ from app.engine.projections import projection_cache_info
 from app.serving.batcher import MicroBatcher
 from app.serving.cache import MEMORY_WAIT_S, TaskCache
 from app.serving.lowrank_pool import LowRankPool
+from app.serving.pins import PinLedger
+
+PIN_SHARE = 0.25
 
 
 @dataclass
@@ -17,6 +20,7 @@ class ServingRuntime:
     cache: TaskCache
     pool: LowRankPool
     batcher: MicroBatcher
+    pins: PinLedger = field(default_factory=lambda: PinLedger(PIN_SHARE))
 
     @classmethod
     def create(
@@ -27,27 +31,43 @@ class ServingRuntime:
         workers: int = 0,
         lowrank_budget_mb: float = 4096,
         memory_wait_s: float = MEMORY_WAIT_S,
+        pin_share: float = PIN_SHARE,
     ) -> ServingRuntime:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        cache = TaskCache(budget_mb, device, memory_wait_s)
+        cache = TaskCache(budget_mb, device, memory_wait_s, pin_fraction=1 - pin_share)
         pool = LowRankPool(lowrank_budget_mb, cache.base_model, device)
-        return cls(cache, pool, MicroBatcher(cache, max_batch, max_wait_ms, workers or None, pool))
+        batcher = MicroBatcher(cache, max_batch, max_wait_ms, workers or None, pool)
+        return cls(cache, pool, batcher, PinLedger(pin_share))
 
-    def pin(self, task: TaskArtifact) -> None:
-        """Preload `task` and keep it resident (dense cache or lowrank pool, by its method).
-        Raises ConflictError (409) when pinned tasks already fill that budget, and
-        ServiceBusyError (503) when memory stays held by running batches."""
-        if get_method(task.method).mixable:
-            self.pool.factors(task, pin=True)
-        else:
-            self.cache.get(task, True)
+    def pin(self, task: TaskArtifact, tenant: str) -> None:
+        """Preload `task` and keep it resident (dense cache or lowrank pool, by its method) for
+        `tenant`. Raises ConflictError (409) past the tenant's share of that budget or when
+        pins fill it, and ServiceBusyError (503) when memory stays held by running batches."""
+        lowrank = get_method(task.method).mixable
+        store = self.pool if lowrank else self.cache
+        already = task.digest in self.pins.digests(tenant)
+        nbytes = (
+            self.pool.factors(task, pin=True).nbytes
+            if lowrank
+            else self.cache.get(task, True).nbytes
+        )
+        try:
+            self.pins.add(tenant, task.digest, nbytes, store.budget, store.budget_mb)
+        except Exception:
+            if not already and not self.pins.pinned_by_anyone(task.digest):
+                store.unpin(task.digest)
+            raise
 
-    def unpin(self, task: TaskArtifact) -> bool:
-        if get_method(task.method).mixable:
-            return self.pool.unpin(task.digest)
-        return self.cache.unpin(task.digest)
+    def unpin(self, task: TaskArtifact, tenant: str) -> bool:
+        """Drop `tenant`'s pin (the task stays pinned while another tenant pins it); returns
+        whether the task is resident."""
+        _, still = self.pins.remove(tenant, task.digest)
+        store = self.pool if get_method(task.method).mixable else self.cache
+        if still:
+            return store.contains(task.digest)
+        return store.unpin(task.digest)
 
     def describe(self) -> dict:
         sizes = self.batcher.batch_sizes

@@ -114,7 +114,8 @@ def test_cache_budget_evicts_least_recently_used(settings, auth, tasks):
 
 def test_pinned_task_stays_resident_under_pressure(settings, auth, tasks):
     ids, _ = tasks
-    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.17})))
+    roomy = {"serving_cache_mb": 0.17, "serving_pin_share": 0.5}  # a tenant may pin one task
+    small = TestClient(create_app(settings.model_copy(update=roomy)))
     assert small.post(f"/v1/tasks/{ids[0]}/pin", headers=auth).json()["pinned"] is True
     for i in (1, 2):  # room for two tasks: t0 pinned, t1 then t2 share the other place
         r = small.post(
@@ -131,23 +132,51 @@ def test_pinned_task_stays_resident_under_pressure(settings, auth, tasks):
     assert "kilotask_reconstruction_seconds_count 3.0" in text
 
 
-def test_pins_beyond_the_budget_are_refused(settings, auth, tasks):
-    """Room for one task (0.081 MB): the first pin fills the budget; a second pin is 409 and
-    says the budget and the pins; an unpinned task cannot be served meanwhile (503)."""
+def test_pins_are_counted_per_tenant_and_never_starve_unpinned_tasks(settings, auth, tasks):
+    """Room for three tasks (0.081 MB each); a tenant may pin 30 % of it (one task), all pins
+    together 70 % (two): a tenant's second pin is 409 (its share), a third tenant's pin is 409
+    (the pins' part is full), and a task that nobody pinned is still served (it was 503
+    serving_budget_pinned when one tenant's pins could fill the whole budget)."""
     ids, _ = tasks
-    small = TestClient(create_app(settings.model_copy(update={"serving_cache_mb": 0.1})))
+    roomy = {"serving_cache_mb": 0.3, "serving_pin_share": 0.3}
+    small = TestClient(create_app(settings.model_copy(update=roomy)))
     assert small.post(f"/v1/tasks/{ids[0]}/pin", headers=auth).status_code == 200
     r = small.post(f"/v1/tasks/{ids[1]}/pin", headers=auth)
-    assert r.status_code == 409, r.text
-    message = r.json()["error"]["message"]
-    assert "KILOTASK_SERVING_CACHE_MB = 0.1 MB" in message and "1 pinned" in message
-    r = small.post("/v1/infer", json={"inputs": [{"task": ids[1], "text": "nice"}]}, headers=auth)
-    assert r.status_code == 503 and r.json()["error"]["code"] == "serving_budget_pinned"
-    assert small.delete(f"/v1/tasks/{ids[0]}/pin", headers=auth).status_code == 200
-    r = small.post("/v1/infer", json={"inputs": [{"task": ids[1], "text": "nice"}]}, headers=auth)
-    assert r.status_code == 200
+    assert r.status_code == 409 and r.json()["error"]["code"] == "pin_share_full", r.text
+    assert "KILOTASK_SERVING_PIN_SHARE" in r.json()["error"]["message"]
+    copies = {}
+    for i in (1, 2):  # two other tenants import t1 and t2
+        blob = small.get(f"/v1/tasks/{ids[i]}/vector", headers=auth).content
+        key = new_key(settings)
+        r = small.post("/v1/tasks", files={"file": ("t.safetensors", blob)}, headers=key)
+        copies[i] = key, r.json()["id"]
+    key, task = copies[1]
+    assert small.post(f"/v1/tasks/{task}/pin", headers=key).status_code == 200
+    key, task = copies[2]
+    r = small.post(f"/v1/tasks/{task}/pin", headers=key)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "pin_budget_full", r.text
+    r = small.post("/v1/infer", json={"inputs": [{"task": task, "text": "nice"}]}, headers=key)
+    assert r.status_code == 200, r.text
     cache = small.get("/v1/serving", headers=auth).json()["cache"]
-    assert cache["live_mb"] <= 0.1 and cache["buffers_peak"] == 1
+    assert cache["pinned_tasks"] == 2 and cache["live_mb"] <= 0.3
+    shown = {t["digest"] for t in cache["resident_tasks"]}  # only this tenant's own tasks
+    assert shown == {small.get(f"/v1/tasks/{i}", headers=auth).json()["digest"] for i in ids}
+    stranger = small.get("/v1/serving", headers=new_key(settings)).json()["cache"]
+    assert stranger["resident_tasks"] == [] and stranger["pinned_tasks"] == 2
+
+
+def test_deleting_a_task_unpins_it(settings, auth, tasks):
+    """It stayed pinned until a restart, and unpinning it then answered 404."""
+    ids, _ = tasks
+    roomy = {"serving_cache_mb": 0.17, "serving_pin_share": 0.5}
+    small = TestClient(create_app(settings.model_copy(update=roomy)))
+    assert small.post(f"/v1/tasks/{ids[0]}/pin", headers=auth).status_code == 200
+    assert small.get("/v1/serving", headers=auth).json()["cache"]["pinned_tasks"] == 1
+    assert small.delete(f"/v1/tasks/{ids[0]}", headers=auth).status_code == 204
+    assert small.get("/v1/serving", headers=auth).json()["cache"]["pinned_tasks"] == 0
+    assert (
+        small.post(f"/v1/tasks/{ids[1]}/pin", headers=auth).status_code == 200
+    )  # its share is free
 
 
 def test_concurrent_clients_share_batches(settings, auth, tasks):

@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy import select
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import InferenceLimit
@@ -32,6 +33,7 @@ def runtime(request: Request, settings):
             settings.serving_max_wait_ms,
             settings.serving_workers,
             settings.serving_lowrank_cache_mb,
+            pin_share=settings.serving_pin_share,
         )
     return state.serving
 
@@ -112,8 +114,21 @@ async def predict_one(
 
 
 @router.get("/v1/serving", responses=error_responses(*AUTHED))
-def serving_state(request: Request, settings: SettingsDep, _: TenantDep) -> dict:
-    return runtime(request, settings).describe()
+def serving_state(
+    request: Request, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+) -> dict:
+    """The process's serving state; of the resident tasks, only the tenant's own (another
+    tenant's digests would say which tasks it serves)."""
+    state = runtime(request, settings).describe()
+    resident = state["cache"]["resident_tasks"]
+    digests = [t["digest"] for t in resident]
+    own = set(
+        session.scalars(
+            select(Task.digest).where(Task.tenant_id == tenant_id, Task.digest.in_(digests))
+        )
+    )
+    state["cache"]["resident_tasks"] = [t for t in resident if t["digest"] in own]
+    return state
 
 
 @router.post("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 409, 422))
@@ -132,7 +147,7 @@ async def pin_task(
 
 def _pin(rt, session, tenant_id: str, task_id: str) -> TaskArtifact:
     art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
-    rt.pin(art)
+    rt.pin(art, tenant_id)
     return art
 
 
@@ -145,5 +160,5 @@ def unpin_task(
     tenant_id: TenantDep,
 ) -> dict:
     art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
-    resident = runtime(request, settings).unpin(art)
+    resident = runtime(request, settings).unpin(art, tenant_id)
     return {"task": task_id, "pinned": False, "resident": resident}

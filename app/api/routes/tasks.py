@@ -179,7 +179,14 @@ def _import(session, tenant_id: str, data: bytes) -> JSONResponse:
     response_class=Response,
     responses=error_responses(*AUTHED, 404, 422),
 )
-def delete_task(session: SessionDep, tenant_id: TenantDep, task_id: ResourceId) -> Response:
-    session.delete(get_owned(session, Task, tenant_id, task_id, "task"))
+def delete_task(
+    request: Request, session: SessionDep, tenant_id: TenantDep, task_id: ResourceId
+) -> Response:
+    """Deleting a task also drops this tenant's pin of it in this process."""
+    row = get_owned(session, Task, tenant_id, task_id, "task")
+    serving = getattr(request.app.state, "serving", None)
+    if serving is not None:
+        serving.unpin(artifact_from_row(row), tenant_id)
+    session.delete(row)
     session.commit()
     return Response(status_code=204)

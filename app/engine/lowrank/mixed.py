@@ -258,9 +258,7 @@ class MixedLowRankModel:
             targets = self._slots(tasks, names, idx)
         lowrank_heads = {t.name: t for f in tasks for t in f.layout.head_targets}
         heads = self._heads(tasks, idx, single, skip=lowrank_heads.keys())
-        head_targets = {
-            name: self._head_rows(tasks, index, t) for name, t in lowrank_heads.items()
-        }
+        head_targets = {name: self._head_rows(tasks, index, t) for name, t in lowrank_heads.items()}
         return _Batch(targets, heads, head_targets)
 
     def _head_rows(

@@ -59,8 +59,7 @@ class LowRankModel(nn.Module):
         m = self.layout.num_scales
         self.lam = nn.Parameter(torch.ones(m, device=device, dtype=dtype)) if m else None
         self.a = [
-            seeded_a(config.seed, t, config.rank).to(device, dtype)
-            for t in self.layout.all_targets
+            seeded_a(config.seed, t, config.rank).to(device, dtype) for t in self.layout.all_targets
         ]
         self.projections = projections_for(self.layout, config.dim, config.seed, device, dtype)
         self._bs: list[torch.Tensor] | None = None  # this forward's λ_t·B_t, read by the hooks
