@@ -21,9 +21,13 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: sqlite under data_dir
     broker_url: str = ""  # default: a filesystem broker under data_dir
     default_model: str = "minilm-l6"
+    # besides the registered ids, tenants may name folders under this one (None: none)
+    models_dir: Path | None = None
+    allow_hub: bool = False  # tenants may name hub ids (downloaded on first use)
     max_upload_mb: float = Field(default=50.0, gt=0)  # a data set or task file upload
     max_body_mb: float = Field(default=8.0, gt=0)  # any other request body (JSON)
     max_rows: int = Field(default=1_000_000, gt=0)
+    max_labels: int = Field(default=1000, ge=2)  # classes per task (import and training)
     # Redis hands an unacknowledged message to another worker after this long; a job still
     # running under a live lease is then skipped, so any value is safe (leases, not this,
     # bring back a dead worker's job)

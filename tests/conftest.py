@@ -22,6 +22,15 @@ def pytest_collection_modifyitems(config, items):
             )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def models_dir(tmp_path_factory) -> Path:
+    """Tests build their tiny models under pytest's temporary folder: the service may serve
+    folders under it (KILOTASK_MODELS_DIR; servers the tests start inherit it)."""
+    root = tmp_path_factory.getbasetemp()
+    os.environ["KILOTASK_MODELS_DIR"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     from tests.factories import make_tiny_bert

@@ -27,6 +27,10 @@ from app.engine.spec import SPEC_VERSION
 from app.engine.task_types import CLASSIFICATION, REGRESSION, TASK_TYPES, OutputSpace
 
 FORMAT_VERSION = 1
+MAX_LENGTH = 8192  # tokens; a server also checks the model's own limit
+# |θ|, |λ| at most: far above what training reaches (Adam moves a coordinate at most about lr
+# per step), far below what overflows: 3e38 passed the finite check and scored NaN
+MAX_COORDINATE = 1e6
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Metadata fields stored as plain strings; every other field is stored as compact JSON.
 _STRING_FIELDS = {
@@ -102,6 +106,7 @@ class TaskArtifact:
         return self.said_groups or LEGACY_SAID_GROUPS
 
     def __post_init__(self) -> None:
+        self._check_fields()
         if self.dtype not in STORAGE_DTYPES:
             raise ArtifactFormatError(f"dtype must be one of {sorted(STORAGE_DTYPES)}")
         stored = STORAGE_DTYPES[self.dtype]
@@ -112,6 +117,11 @@ class TaskArtifact:
             t = t.detach().to("cpu", stored).float().clone()  # exactly what the file holds
             if t.ndim != 1 or not torch.isfinite(t).all():
                 raise ArtifactFormatError(f"{name} must be a finite 1-D vector")
+            if t.numel() and t.abs().max() > MAX_COORDINATE:
+                raise ArtifactFormatError(
+                    f"{name} holds {t.abs().max().item():.3g}; a trained task's coordinates stay "
+                    f"far below {MAX_COORDINATE:g} (larger ones overflow the rebuilt weights)"
+                )
             object.__setattr__(self, name, t)
         try:
             method = get_method(self.method)
@@ -152,6 +162,37 @@ class TaskArtifact:
             raise ArtifactFormatError(
                 f"θ and λ hold {self.theta.numel() + m} numbers, d={self.dim}"
             )
+
+    def _check_fields(self) -> None:
+        """Types and ranges of the plain fields: a crafted file's metadata is JSON of any
+        shape, and a wrong type here failed later (a 500, or a stored task that broke its
+        tenant's task list)."""
+
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        checks = [
+            (integer(self.seed) and 0 <= self.seed < 2**32, "seed must be an integer in [0, 2^32)"),
+            (integer(self.dim) and self.dim >= 1, "dim must be a positive integer"),
+            (integer(self.D) and self.D >= 1, "D must be a positive integer"),
+            (integer(self.max_length) and 1 <= self.max_length <= MAX_LENGTH,
+             f"max_length must be an integer in [1, {MAX_LENGTH}]"),
+            (isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels),
+             "labels must be a list of strings"),
+            (isinstance(self.metrics, dict) and all(
+                isinstance(k, str) and _finite_number(v) for k, v in self.metrics.items()),
+             "metrics must map names to finite numbers"),
+            (isinstance(self.model, str) and isinstance(self.text_column, str)
+             and isinstance(self.text_pair_column, (str, type(None))),
+             "model and the column names must be strings"),
+            (self.rank is None or (integer(self.rank) and self.rank >= 1),
+             "rank must be a positive integer"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ArtifactFormatError(message)
+        if len(set(self.labels)) != len(self.labels):
+            raise ArtifactFormatError("labels must be distinct (two classes share a name)")
 
     def _check_outputs(self) -> None:
         if self.task_type not in (None, *TASK_TYPES):
@@ -259,6 +300,10 @@ class TaskArtifact:
         except OSError as exc:
             raise ArtifactFormatError(f"cannot read task file {path}: {exc.strerror}") from exc
         return cls.from_bytes(data)
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _flatten(meta: dict) -> dict[str, str]:

@@ -80,11 +80,20 @@ def inspect_upload(
     )
 
 
-def check_task_type(label_counts: dict, task_type: str | None, metric: str | None) -> None:
+def check_task_type(
+    label_counts: dict, task_type: str | None, metric: str | None, max_labels: int | None = None
+) -> None:
     """Refuse at submission (422, from DataFormatError) a job or search whose training labels
     do not fit its task type or metric, rather than failing it on a worker later: a numeric
     column with no task type, a non-number for regression, accuracy for regression."""
     space = fit_output_space(task_type, list(label_counts))
+    if max_labels is not None and len(space.labels) > max_labels:
+        raise InvalidInputError(
+            f"the training data has {len(space.labels)} classes; this server trains at most "
+            f"{max_labels} (KILOTASK_MAX_LABELS): a numeric column meant as a target needs "
+            '"task": "regression"',
+            code="too_many_labels",
+        )
     if metric is not None:
         space.check_metric(metric)
 

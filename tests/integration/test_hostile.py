@@ -4,14 +4,25 @@ broken. Kept as a regression suite: a new hole gets its request here."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import socket
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
+import torch
+import uvicorn
 from fastapi.testclient import TestClient
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from app.main import create_app
 from tests.integration.conftest import new_key
+from tests.integration.test_jobs_api import make_task_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -21,37 +32,62 @@ def error_of(r, status: int) -> dict:
     return r.json()["error"]
 
 
-def slowest_health_check_during(client: TestClient, work) -> tuple[float, object]:
-    """Run `work()` in a thread and poll /healthz until it ends: the slowest answer (s)."""
+def slowest_health_check_during(url: str, work) -> tuple[float, object]:
+    """Run `work()` in a thread and poll the server's /healthz until it ends: the slowest
+    answer (s)."""
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("value", work()))
     thread.start()
     slowest = 0.0
-    while thread.is_alive():
-        start = time.perf_counter()
-        assert client.get("/healthz").status_code in (200, 503)  # 503: no worker (none runs)
-        slowest = max(slowest, time.perf_counter() - start)
-        time.sleep(0.02)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while thread.is_alive():
+            start = time.perf_counter()
+            assert client.get("/healthz").status_code in (200, 503)  # 503: no worker runs
+            slowest = max(slowest, time.perf_counter() - start)
+            time.sleep(0.02)
     thread.join()
     return slowest, result.get("value")
+
+
+@contextmanager
+def serving(settings):
+    """The app on a real uvicorn server on a free loopback port: (url, key headers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", new_key(settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture()
 def roomy(settings):
     """A server that takes a 10 MB, 200,000-row upload."""
-    wide = settings.model_copy(update={"max_upload_mb": 20.0, "max_rows": 10**6})
-    return TestClient(create_app(wide)), new_key(wide)
+    with serving(settings.model_copy(update={"max_upload_mb": 20.0, "max_rows": 10**6})) as up:
+        yield up
+
+
+def upload(url: str, auth: dict, name: str, content: bytes):
+    return httpx.post(f"{url}/v1/datasets", files={"file": (name, content)}, headers=auth,
+                      timeout=120)  # fmt: skip
 
 
 def test_a_50000_column_csv_is_refused_at_once_and_health_stays_fast(roomy):
-    client, auth = roomy
+    url, auth = roomy
     header = ",".join(f"c{i}" for i in range(50_000))
     content = (header + "\n" + ",".join("x" for _ in range(50_000)) + "\n").encode()
-
-    def upload():
-        return client.post("/v1/datasets", files={"file": ("w.csv", content)}, headers=auth)
-
-    slowest, r = slowest_health_check_during(client, upload)
+    slowest, r = slowest_health_check_during(url, lambda: upload(url, auth, "w.csv", content))
     assert "50000 columns" in error_of(r, 422)["message"]
     assert slowest < 0.5, slowest
 
@@ -59,14 +95,10 @@ def test_a_50000_column_csv_is_refused_at_once_and_health_stays_fast(roomy):
 def test_a_large_upload_is_parsed_off_the_event_loop(roomy):
     """Parsing 200,000 rows takes about a second; /healthz answers meanwhile (it waited for the
     whole parse when the route parsed on the event loop)."""
-    client, auth = roomy
+    url, auth = roomy
     rows = "".join(f"sentence number {i} with some words\t{i % 2}\n" for i in range(200_000))
     content = ("sentence\tlabel\n" + rows).encode()
-
-    def upload():
-        return client.post("/v1/datasets", files={"file": ("big.tsv", content)}, headers=auth)
-
-    slowest, r = slowest_health_check_during(client, upload)
+    slowest, r = slowest_health_check_during(url, lambda: upload(url, auth, "big.tsv", content))
     assert r.status_code == 201, r.text
     assert r.json()["rows"] == 200_000
     assert slowest < 0.5, slowest
@@ -80,33 +112,15 @@ def test_deeply_nested_jsonl_is_a_clear_422(client, auth):
 
 @pytest.fixture()
 def live(settings):
-    """The app on a real uvicorn server on a free loopback port: (host, port, key headers)."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.02)
-    yield "127.0.0.1", port, new_key(settings)
-    server.should_exit = True
-    thread.join(timeout=10)
+    """(host, port, key headers) of a real server."""
+    with serving(settings) as (url, auth):
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port), auth
 
 
 def raw_request(host: str, port: int, head: str, body: bytes = b"") -> tuple[int, bytes, float]:
     """Send the head and the first bytes of a body (never the rest) and read the answer:
     (status, body, seconds). The server must answer without waiting for what never comes."""
-    import socket
-
     start = time.perf_counter()
     with socket.create_connection((host, port), timeout=5) as conn:
         conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
@@ -162,3 +176,81 @@ def test_a_streamed_body_over_the_cap_is_413_as_soon_as_it_passes(settings, live
     over = int(settings.max_body_mb) + 2
     status, body, _ = raw_request(host, port, head, chunk * over)
     assert status == 413 and b"KILOTASK_MAX_BODY_MB" in body
+
+
+def forged(valid: bytes, **changes) -> bytes:
+    """A task file whose metadata says `changes`, with its digest recomputed as an attacker
+    would (a changed field no longer breaks the digest; the server must check the field)."""
+    from app.engine.artifact import _canonical_json, _flatten, _unflatten
+
+    header_len = int.from_bytes(valid[:8], "little")
+    meta = _unflatten(json.loads(valid[8 : 8 + header_len])["__metadata__"])
+    tensors = st_load(valid)
+    if "theta_d" in changes:
+        tensors["theta_d"] = changes.pop("theta_d")
+    meta.update(changes)
+    meta.pop("digest")
+    h = hashlib.sha256(_canonical_json(meta).encode())
+    h.update(b"theta_d")
+    h.update(tensors["theta_d"].contiguous().view(torch.uint8).numpy().tobytes())
+    return st_save(tensors, metadata=_flatten(dict(meta, digest=h.hexdigest())))
+
+
+def test_crafted_task_files_are_refused_and_store_nothing(client, auth, tiny_bert):
+    """Each was a 500, or stored a task that broke the tenant's task list, or served nulls."""
+    valid = make_task_bytes(tiny_bert)
+    theta = st_load(valid)["theta_d"]
+    outside = str(Path(tiny_bert).parent.parent.parent)  # a folder that exists, outside
+    cases = [
+        (dict(metrics=[1, 2]), "metrics must map names to finite numbers"),
+        (dict(seed="7"), "seed must be an integer"),
+        (dict(seed=-7), "seed must be an integer"),
+        (dict(max_length="64"), "max_length must be an integer"),
+        (dict(max_length=0), "max_length must be an integer"),
+        (dict(max_length=-5), "max_length must be an integer"),
+        (dict(labels=[0, 1]), "labels must be a list of strings"),
+        (dict(labels=["a", "a"]), "labels must be distinct"),
+        (dict(theta_d=torch.full_like(theta, 3e38)), "coordinates stay far below"),
+        (dict(D=12345), "not a task of this base"),
+        (dict(model=outside), "not one this server serves"),
+        (dict(model="/no/such/folder"), "not one this server serves"),
+        (dict(model="someone/some-hub-model"), "not one this server serves"),
+    ]
+    for changes, message in cases:
+        r = client.post("/v1/tasks", files={"file": ("t.safetensors", forged(valid, **changes))},
+                        headers=auth)  # fmt: skip
+        assert r.status_code in (400, 422) and message in r.json()["error"]["message"], (
+            changes, r.text)  # fmt: skip
+    listed = client.get("/v1/tasks", headers=auth)
+    assert listed.status_code == 200 and listed.json()["total"] == 0
+
+
+def test_a_model_path_answers_alike_whether_or_not_it_exists(client, auth, dataset):
+    """'has no config.json' against 'not a local folder' told a tenant that /root exists."""
+    answers = set()
+    for model in ("/root", "/no/such/folder", "/etc"):
+        r = client.post("/v1/jobs", json={"train_dataset": dataset, "method": "said", "dim": 50,
+                                          "model": model}, headers=auth)  # fmt: skip
+        answers.add(error_of(r, 422)["message"].replace(repr(model), "MODEL"))
+    assert len(answers) == 1, answers
+
+
+def test_a_task_with_too_many_labels_is_refused(settings, auth, tiny_bert):
+    few = TestClient(create_app(settings.model_copy(update={"max_labels": 3})))
+    data = make_task_bytes(tiny_bert, labels=["a", "b", "c", "d"])
+    r = few.post("/v1/tasks", files={"file": ("t.safetensors", data)}, headers=auth)
+    assert "KILOTASK_MAX_LABELS" in error_of(r, 422)["message"]
+
+
+def test_a_job_on_data_with_too_many_classes_is_refused(settings, tiny_bert):
+    """A 100,000-class data set and a job on it were accepted (evaluation would have built a
+    100,000 x 100,000 confusion matrix)."""
+    few = settings.model_copy(update={"max_labels": 5})
+    client, auth = TestClient(create_app(few)), new_key(few)
+    rows = "".join(f"text number {i}\tclass{i % 6}\n" for i in range(60))
+    files = {"file": ("d.tsv", ("sentence\tlabel\n" + rows).encode())}
+    dataset = client.post("/v1/datasets", files=files, headers=auth).json()["id"]
+    job = {"train_dataset": dataset, "method": "said", "dim": 50, "model": str(tiny_bert),
+           "hyperparameters": {"max_length": 32}}  # fmt: skip
+    r = client.post("/v1/jobs", json=job, headers=auth)
+    assert "KILOTASK_MAX_LABELS" in error_of(r, 422)["message"]

@@ -70,6 +70,12 @@ async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]
     )
     outputs: list[InferOutput | None] = [None] * len(inputs)
     for (task_id, idx), logits in zip(groups.items(), results, strict=True):
+        if not logits.isfinite().all():
+            raise InvalidInputError(
+                f"task {task_id} computes non-finite scores for these inputs (its weights "
+                "overflow); retrain it or import a well-formed task file",
+                code="task_not_finite",
+            )
         shown = tasks[task_id].space.present(logits)
         for row, i in zip(shown, idx, strict=True):
             outputs[i] = InferOutput(index=i, task=task_id, **row)

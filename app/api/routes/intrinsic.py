@@ -11,7 +11,7 @@ from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, Te
 from app.api.limits import check_active_jobs
 from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
-from app.api.routes.models import check_max_length, method_dim_range
+from app.api.routes.models import check_max_length, check_model_allowed, method_dim_range
 from app.db.models import Job
 from app.db.repo import get_dataset, get_owned
 from app.errors import InvalidInputError, InvalidStateError, NotFoundError
@@ -54,13 +54,16 @@ def _submit(body: D90Create, session, settings, tenant_id: str, idempotency_key)
     if existing is not None:
         return JSONResponse(D90Public.of(existing).model_dump(mode="json"), 202)
     check_active_jobs(session, settings, tenant_id)
-    model = body.model or settings.default_model
+    model = check_model_allowed(body.model or settings.default_model, settings)
     _check_range(body, model)
     check_max_length(model, body.max_length)
     from app.records.datasets import check_task_type  # imports torch, as loading the model did
 
     check_task_type(
-        get_dataset(session, tenant_id, body.train_dataset).label_counts, body.task, body.metric
+        get_dataset(session, tenant_id, body.train_dataset).label_counts,
+        body.task,
+        body.metric,
+        settings.max_labels,
     )
     if body.reuse_from is not None:
         _check_reuse_source(_search(session, tenant_id, body.reuse_from), body, model)

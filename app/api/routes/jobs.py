@@ -12,7 +12,12 @@ from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, Te
 from app.api.limits import check_active_jobs
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
-from app.api.routes.models import check_max_length, method_dim_range, model_info
+from app.api.routes.models import (
+    check_max_length,
+    check_model_allowed,
+    method_dim_range,
+    model_info,
+)
 from app.db.models import Job, JobEvent
 from app.db.repo import get_dataset, get_owned, page
 from app.errors import InvalidInputError
@@ -72,13 +77,13 @@ def _submit(body: JobCreate, session, settings, tenant_id: str, idempotency_key)
     if existing is not None:
         return JSONResponse(JobPublic.of(existing).model_dump(mode="json"), 202)
     check_active_jobs(session, settings, tenant_id)
-    model = body.model or settings.default_model
+    model = check_model_allowed(body.model or settings.default_model, settings)
     dim = _check_dim(body, model)
     check_max_length(model, body.hyperparameters.max_length)
     from app.records.datasets import check_task_type  # imports torch, as loading the model did
 
     train_labels = get_dataset(session, tenant_id, body.train_dataset).label_counts
-    check_task_type(train_labels, body.task, body.hyperparameters.metric)
+    check_task_type(train_labels, body.task, body.hyperparameters.metric, settings.max_labels)
     fields = dict(
         model=model,
         method=body.method,

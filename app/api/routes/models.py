@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from fastapi import APIRouter
 
 from app.api.deps import SettingsDep, TenantDep
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
+from app.config import Settings
 from app.errors import InvalidInputError
 from app.schemas.models import ModelPublic, ModelsPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def check_model_allowed(model_id: str, settings: Settings) -> str:
+    """A tenant names a registered id or a folder under KILOTASK_MODELS_DIR, nothing else: any
+    other path would let it probe the server's files (the answer said whether a folder
+    existed), and a hub id would download unless KILOTASK_ALLOW_HUB is set. The refusal is
+    the same whether or not the path exists."""
+    from app.engine.base import REGISTRY
+
+    if model_id in REGISTRY:
+        return model_id
+    root = settings.models_dir
+    if root is not None and model_id.startswith("/"):
+        path = Path(model_id).resolve()
+        if path.is_relative_to(root.resolve()):
+            return model_id
+    if settings.allow_hub and "/" in model_id and not model_id.startswith(("/", ".")):
+        return model_id
+    raise InvalidInputError(
+        f"model {model_id[:200]!r} is not one this server serves: use a registered id "
+        f"({', '.join(sorted(REGISTRY))}) or an absolute folder under the models directory "
+        "(KILOTASK_MODELS_DIR); GET /v1/models lists them",
+        code="model_not_allowed",
+    )
 
 
 @lru_cache(maxsize=2)
@@ -64,6 +90,20 @@ def model_info(model_id: str) -> ModelPublic:
         base_digest=base.digest,
         max_length=position_limit(base),
     )
+
+
+@lru_cache(maxsize=64)
+def parameter_count(model_id: str, num_labels: int) -> int:
+    """D of the model's classifier with `num_labels` outputs, from its config alone (shapes on
+    the meta device: no weights, no second copy of the base)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = _base(model_id).model.config
+    config = type(config).from_dict({**config.to_dict(), "num_labels": num_labels})
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def check_max_length(model_id: str, max_length: int, what: str = "max_length") -> None:

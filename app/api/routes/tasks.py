@@ -8,10 +8,16 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy import Integer, String, select
 
-from app.api.deps import ResourceId, SessionDep, TenantDep
+from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
-from app.api.routes.models import check_max_length, model_info
+from app.api.routes.models import (
+    check_max_length,
+    check_model_allowed,
+    model_info,
+    parameter_count,
+)
+from app.config import Settings
 from app.db.models import Task
 from app.db.repo import get_owned, page
 from app.engine.artifact import TaskArtifact
@@ -142,23 +148,38 @@ def _check_storable(row: Task) -> None:
 )
 async def import_task(
     session: SessionDep,
+    settings: SettingsDep,
     tenant_id: TenantDep,
     file: Annotated[UploadFile, File(description="a kilotask task file (.safetensors)")],
 ) -> JSONResponse:
     data = await file.read(MAX_TASK_FILE + 1)
     if len(data) > MAX_TASK_FILE:
         raise PayloadTooLargeError(f"task files are at most {MAX_TASK_FILE // 2**20} MB")
-    return await offload(tenant_id, _import, session, tenant_id, data)
+    return await offload(tenant_id, _import, session, settings, tenant_id, data)
 
 
-def _import(session, tenant_id: str, data: bytes) -> JSONResponse:
-    """Validate a task file (digest, model facts) and store it: off the event loop."""
-    artifact = TaskArtifact.from_bytes(data)  # format, spec, digest and finite-vector checks
-    info = model_info(artifact.model)  # unknown model -> 422
+def _import(session, settings: Settings, tenant_id: str, data: bytes) -> JSONResponse:
+    """Validate a task file against the spec and this server (model, digest, D, label count,
+    max length) and store it, in one transaction: off the event loop."""
+    artifact = TaskArtifact.from_bytes(data)  # format, spec, digest, field and vector checks
+    check_model_allowed(artifact.model, settings)
+    if len(artifact.labels) > settings.max_labels:
+        raise InvalidInputError(
+            f"the task has {len(artifact.labels)} labels; this server takes at most "
+            f"{settings.max_labels} (KILOTASK_MAX_LABELS)",
+            code="too_many_labels",
+        )
+    info = model_info(artifact.model)
     if info.base_digest != artifact.base_digest:
         raise BaseModelMismatchError(
             f"task was trained on weights with digest {artifact.base_digest[:12]}…, but this "
             f"server's '{artifact.model}' has {info.base_digest[:12]}…"
+        )
+    expected = parameter_count(artifact.model, artifact.space.size)
+    if expected != artifact.D:
+        raise BaseModelMismatchError(
+            f"the task file says D = {artifact.D}, but '{artifact.model}' with "
+            f"{artifact.space.size} outputs has {expected} parameters: not a task of this base"
         )
     check_max_length(artifact.model, artifact.max_length, "the task file's max_length")
     existing = session.scalar(
