@@ -17,14 +17,12 @@ from app.api.deps import SettingsDep, TenantDep
 from app.config import Settings
 from app.db.models import Job
 from app.errors import RateLimitedError
-
-ACTIVE = ("queued", "running")
-ACTIVE_JOBS_RETRY_AFTER_S = 30
+from app.jobs.service import ACTIVE, too_many_active_jobs
 
 
 def check_active_jobs(session: Session, settings: Settings, tenant_id: str) -> None:
-    """Refuse a new job while the tenant has the maximum queued or running. Two submissions at
-    the same instant may both pass: the limit is a guard against floods, not an exact quota."""
+    """Refuse a new job early (before the model is loaded to validate it) while the tenant
+    has the maximum queued or running; `create_job` checks again, atomically."""
     limit = settings.tenant_max_active_jobs
     if not limit:
         return
@@ -32,13 +30,7 @@ def check_active_jobs(session: Session, settings: Settings, tenant_id: str) -> N
         select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     )
     if (active or 0) >= limit:
-        raise RateLimitedError(
-            f"{active} jobs are queued or running for this tenant and the limit is {limit}; "
-            "wait for one to finish or cancel one, or have the operator raise "
-            "KILOTASK_TENANT_MAX_ACTIVE_JOBS",
-            retry_after=ACTIVE_JOBS_RETRY_AFTER_S,
-            code="too_many_active_jobs",
-        )
+        raise too_many_active_jobs(active, limit)
 
 
 class TokenBucket:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -15,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import uvicorn
 from fastapi.testclient import TestClient
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -25,6 +27,7 @@ from tests.integration.conftest import new_key
 from tests.integration.test_jobs_api import make_task_bytes
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 def error_of(r, status: int) -> dict:
@@ -51,24 +54,33 @@ def slowest_health_check_during(url: str, work) -> tuple[float, object]:
 
 @contextmanager
 def serving(settings):
-    """The app on a real uvicorn server on a free loopback port: (url, key headers)."""
+    """`uvicorn app.main:app` in its own process (as deployed: its threads do not share the
+    test's interpreter) on a free loopback port: (url, key headers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.02)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", KILOTASK_DATA_DIR=str(settings.data_dir),
+               KILOTASK_DATABASE_URL=settings.database_url,
+               KILOTASK_MAX_UPLOAD_MB=str(settings.max_upload_mb),
+               KILOTASK_MAX_BODY_MB=str(settings.max_body_mb),
+               KILOTASK_MAX_ROWS=str(settings.max_rows))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
+         str(port), "--log-level", "warning"],
+        env=env, cwd=REPO,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}", new_key(settings)
+        for _ in range(300):
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url, new_key(settings)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture()
@@ -112,10 +124,25 @@ def test_deeply_nested_jsonl_is_a_clear_422(client, auth):
 
 @pytest.fixture()
 def live(settings):
-    """(host, port, key headers) of a real server."""
-    with serving(settings) as (url, auth):
-        host, port = url.removeprefix("http://").split(":")
-        yield host, int(port), auth
+    """(host, port, key headers) of the app on uvicorn in a thread of this process (the
+    checks below time seconds, not milliseconds: no need for a process of its own)."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.02)
+    yield "127.0.0.1", port, new_key(settings)
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 def raw_request(host: str, port: int, head: str, body: bytes = b"") -> tuple[int, bytes, float]:
@@ -254,3 +281,35 @@ def test_a_job_on_data_with_too_many_classes_is_refused(settings, tiny_bert):
            "hyperparameters": {"max_length": 32}}  # fmt: skip
     r = client.post("/v1/jobs", json=job, headers=auth)
     assert "KILOTASK_MAX_LABELS" in error_of(r, 422)["message"]
+
+
+def test_the_active_jobs_limit_admits_exactly_the_limit_under_a_race(settings, auth, dataset):
+    """20 simultaneous submissions against a limit of 8 were all accepted (count, then insert,
+    in separate steps): now exactly 8, on SQLite and PostgreSQL."""
+    from app.db.session import session_factory
+    from app.errors import RateLimitedError
+    from app.jobs.service import create_job
+    from app.records.keys import tenant_for_key
+
+    factory = session_factory(settings)
+    with factory() as session:
+        tenant = tenant_for_key(session, auth["Authorization"])
+    fields = dict(model="minilm-l6", method="said", dim=50, train_dataset_id=dataset)
+    start = threading.Barrier(20)
+    outcomes: list[str] = []
+
+    def submit(i: int) -> None:
+        with factory() as session:
+            start.wait()
+            try:
+                create_job(session, tenant, fields, None, f"hash-{i}", max_active=8)
+                outcomes.append("admitted")
+            except RateLimitedError:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("admitted") == 8 and outcomes.count("refused") == 12, outcomes

@@ -95,7 +95,9 @@ def _submit(body: JobCreate, session, settings, tenant_id: str, idempotency_key)
         hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
         options=body.options() or None,
     )
-    job, created = create_job(session, tenant_id, fields, idempotency_key, digest)
+    job, created = create_job(
+        session, tenant_id, fields, idempotency_key, digest, settings.tenant_max_active_jobs
+    )
     if created:
         enqueue_or_fail(session, settings, job)
     return JSONResponse(JobPublic.of(job).model_dump(mode="json"), 202)
