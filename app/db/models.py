@@ -61,7 +61,7 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded when read
     sha256: Mapped[str] = mapped_column(String(64))
     rows: Mapped[int] = mapped_column(Integer)
     columns: Mapped[list] = mapped_column(JSON)
@@ -107,7 +107,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the worker
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)  # subspace methods only
+    # subspace methods only; deferred: lists and reads of a job never load it
+    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     # full fine-tuning: the checkpoint's file name in settings.checkpoint_dir (too big for a row)
     checkpoint_ref: Mapped[str | None] = mapped_column(String(255))
     task_id: Mapped[str | None] = mapped_column(String(40))
@@ -164,8 +165,9 @@ class Task(Base):
     method: Mapped[str] = mapped_column(String(10))
     dim: Mapped[int] = mapped_column(Integer)
     num_parameters: Mapped[int] = mapped_column(Integer)
-    theta: Mapped[bytes] = mapped_column(LargeBinary)
-    lam: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # deferred: a list (or a tenant check) never loads the vectors (56 MB each for a large d)
+    theta: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    lam: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     dtype: Mapped[str] = mapped_column(String(10))
     label_names: Mapped[list] = mapped_column(JSON)
     text_column: Mapped[str] = mapped_column(String(255))

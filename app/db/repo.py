@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from app.db.base import Base
@@ -28,5 +28,8 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
 
 def page(session: Session, stmt, limit: int, offset: int) -> tuple[list, int]:
     """One page of `stmt`'s rows and the count of all of them (list routes)."""
-    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    # count(*) over the same FROM and WHERE: a subquery of the rows would name every column,
+    # task vectors included
+    count = stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    total = session.scalar(count)
     return list(session.scalars(stmt.limit(limit).offset(offset))), int(total or 0)

@@ -1,8 +1,12 @@
-from pydantic import BaseModel, ConfigDict, Field
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import ResourceRef
 
-MAX_TEXT = 20_000
+MAX_TEXT = 20_000  # characters per text
+MAX_INPUTS = 1024  # inputs per call
+MAX_CALL_TEXT = 1_000_000  # characters per call, all inputs together
 
 
 class InferInput(BaseModel):
@@ -16,7 +20,23 @@ class InferInput(BaseModel):
 class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[InferInput] = Field(min_length=1, max_length=1024)
+    inputs: list[InferInput] = Field(
+        min_length=1,
+        max_length=MAX_INPUTS,
+        description=f"at most {MAX_INPUTS} inputs of at most {MAX_TEXT} characters each, and "
+        f"{MAX_CALL_TEXT:,} characters in all (a call is tokenized whole: this bounds what one "
+        "call costs everyone else)",
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> InferRequest:
+        total = sum(len(i.text) + len(i.text_pair or "") for i in self.inputs)
+        if total > MAX_CALL_TEXT:
+            raise ValueError(
+                f"the inputs hold {total:,} characters; one call takes at most "
+                f"{MAX_CALL_TEXT:,}: split it into several calls"
+            )
+        return self
 
 
 class InferOutput(BaseModel):

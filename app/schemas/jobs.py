@@ -33,6 +33,9 @@ def method_options(body) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+MAX_BATCH_TOKENS = 65_536  # batch_size x max_length: one step's activations stay bounded
+
+
 class Hyperparameters(BaseModel):
     """Training settings; unset ones take the engine's defaults (learning rate: a probe)."""
 
@@ -55,7 +58,13 @@ class Hyperparameters(BaseModel):
         "(the best state is kept); 0: never stop early",
     )
     batch_size: int = Field(32, ge=1, le=4096)
-    max_length: int = Field(128, ge=8, le=4096)
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=4096,
+        description="tokens per input, at most the model's own limit "
+        "(GET /v1/models: max_length, 512 for the registered models)",
+    )
     eval_every: int | None = Field(None, ge=1, le=10_000_000)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     metric: Metric | None = Field(
@@ -75,6 +84,11 @@ class Hyperparameters(BaseModel):
     def _one_budget(self) -> Hyperparameters:
         if self.epochs is not None and self.max_steps is not None:
             raise ValueError("give either epochs or max_steps, not both")
+        if self.batch_size * self.max_length > MAX_BATCH_TOKENS:
+            raise ValueError(
+                f"batch_size x max_length is {self.batch_size * self.max_length:,} tokens per "
+                f"step; at most {MAX_BATCH_TOKENS:,} (for example 128 x 512): lower one"
+            )
         return self
 
 

@@ -313,3 +313,36 @@ def test_the_active_jobs_limit_admits_exactly_the_limit_under_a_race(settings, a
     for t in threads:
         t.join()
     assert outcomes.count("admitted") == 8 and outcomes.count("refused") == 12, outcomes
+
+
+def test_listing_and_the_tenant_check_never_load_task_vectors(client, settings, auth, tiny_bert):
+    """GET /v1/tasks loaded every task's vector (two hundred 56 MB tasks: 11 GB in one
+    request), and another tenant's task was loaded before the tenant check."""
+    from sqlalchemy import event
+
+    from app.db.session import get_engine
+
+    r = client.post("/v1/tasks", files={"file": ("t.safetensors", make_task_bytes(tiny_bert))},
+                    headers=auth)  # fmt: skip
+    task_id = r.json()["id"]
+    statements: list[str] = []
+    engine = get_engine(settings)
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 (conn, cursor, statement)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert client.get("/v1/tasks", headers=auth).json()["total"] == 1
+        assert client.get(f"/v1/tasks/{task_id}", headers=new_key(settings)).status_code == 404
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    selects = [s for s in statements if "FROM task" in s]
+    assert selects and not any("task.theta" in s or "task.lam" in s for s in selects), selects
+
+
+def test_inference_and_training_sizes_are_bounded(client, auth, dataset):
+    big = {"inputs": [{"task": "task_x", "text": "a" * 20_000} for _ in range(60)]}
+    r = client.post("/v1/infer", json=big, headers=auth)
+    assert "split it into several calls" in error_of(r, 422)["message"]
+    job = {"train_dataset": dataset, "method": "said", "dim": 50,
+           "hyperparameters": {"batch_size": 4096, "max_length": 512}}  # fmt: skip
+    r = client.post("/v1/jobs", json=job, headers=auth)
+    assert "batch_size x max_length" in error_of(r, 422)["message"]
