@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from app import console
-from app.api import errors, guard
+from app.api import errors, guard, head
 from app.api.deps import reject_unknown_query
 from app.api.routes import datasets, health, infer, intrinsic, jobs, metrics, models, tasks
 from app.config import Settings, get_settings
@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.dependency_overrides[get_settings] = lambda: settings
     errors.install(app)
     guard.install(app, settings or get_settings())  # keys and sizes before any body is read
+    head.install(app)  # outermost: HEAD is GET without the body, for every GET route
     metrics.install(app, settings or get_settings())
     for module in (health, models, datasets, jobs, intrinsic, tasks, infer):
         app.include_router(module.router)

@@ -83,7 +83,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.config import get_settings
-    from app.db.migrate import upgrade
+    from app.db.migrate import prepare_database, private_file
     from app.db.models import ApiKey
     from app.db.session import session_factory
     from app.jobs import supervisor
@@ -91,14 +91,14 @@ def serve(args: argparse.Namespace) -> int:
     from app.records.keys import create_key
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
+    prepare_database(settings)
     with session_factory(settings)() as session:
         if session.query(ApiKey).count() == 0:
             _, key = create_key(session, "local")
-            (settings.data_dir / "api_key").write_text(key + "\n")
-            print(f"kilotask: created an API key for tenant 'local': {key}", file=sys.stderr)
-            print(f"kilotask: (also saved in {settings.data_dir / 'api_key'})", file=sys.stderr)
+            path = private_file(settings.data_dir / "api_key", key + "\n")
+            # never the key itself: logs are read by more people than the key's owner
+            print(f"kilotask: created an API key for tenant 'local' in {path} (mode 0600)",
+                  file=sys.stderr)  # fmt: skip
     sweeper = Sweeper(settings).start()
     worker = None
     if not args.no_worker:

@@ -346,3 +346,64 @@ def test_inference_and_training_sizes_are_bounded(client, auth, dataset):
            "hyperparameters": {"batch_size": 4096, "max_length": 512}}  # fmt: skip
     r = client.post("/v1/jobs", json=job, headers=auth)
     assert "batch_size x max_length" in error_of(r, 422)["message"]
+
+
+def test_serve_keeps_its_secrets_private_and_out_of_its_log(tmp_path):
+    """The first key was printed in the log, and api_key and kilotask.db were 0644 in a 0755
+    folder."""
+    data, log = tmp_path / "data", tmp_path / "serve.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, KILOTASK_DATA_DIR=str(data), HF_HUB_OFFLINE="1")
+    for name in ("KILOTASK_DATABASE_URL", "KILOTASK_BROKER_URL"):
+        env.pop(name, None)
+    kilotask = str(Path(sys.executable).parent / "kilotask")
+    with log.open("w") as out:
+        proc = subprocess.Popen([kilotask, "serve", "--no-worker", "--port", str(port)],
+                                env=env, stdout=out, stderr=out, cwd=REPO)  # fmt: skip
+        try:
+            for _ in range(300):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    key = (data / "api_key").read_text().strip()
+    assert key.startswith("kt_") and key not in log.read_text()
+    assert "created an API key" in log.read_text()
+    assert (data.stat().st_mode & 0o777) == 0o700
+    for name in ("api_key", "kilotask.db"):
+        assert ((data / name).stat().st_mode & 0o777) == 0o600, name
+
+
+def test_metrics_labels_stay_bounded_whatever_the_methods(client):
+    for i in range(50):
+        client.request(f"X{i}", "/healthz")
+    series = [line for line in client.get("/metrics").text.splitlines()
+              if line.startswith("kilotask_request_seconds_count")]  # fmt: skip
+    assert not any('method="X' in line for line in series)
+    assert any('method="other"' in line for line in series)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/", "/v1/models"])
+def test_head_is_answered_wherever_get_is(client, auth, path):
+    get = client.get(path, headers=auth)
+    head = client.head(path, headers=auth)
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_a_cli_piped_into_head_exits_quietly(tiny_bert, tmp_path):
+    from tests.integration.test_jobs_api import make_task_bytes as task_bytes
+
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(task_bytes(tiny_bert))
+    kilotask = str(Path(sys.executable).parent / "kilotask")
+    # `true` exits without reading: the CLI's first write meets a closed pipe (EPIPE)
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", f"{kilotask} inspect {path} | true"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
