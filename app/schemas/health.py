@@ -14,6 +14,10 @@ class Health(BaseModel):
     status: Literal["ok", "error"]
     database: str = Field(description="'ok' or 'error: <what failed>'")
     broker: str = Field(description="'ok' or 'error: <what failed>'")
+    storage: str = Field(
+        description="'ok' or 'error: <what failed>': the data folder has room "
+        "(KILOTASK_HEALTH_MIN_FREE_MB) and takes a write"
+    )
     worker: WorkerHealth | None = Field(
         default=None, description="the local worker of `kilotask serve`; absent without one"
     )

@@ -407,3 +407,12 @@ def test_a_cli_piped_into_head_exits_quietly(tiny_bert, tmp_path):
     result = subprocess.run(["bash", "-o", "pipefail", "-c", f"{kilotask} inspect {path} | true"],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_health_says_so_when_the_data_folder_cannot_take_writes(settings, tmp_path):
+    """A full disk answered uploads 503 while /healthz said ok. The real disk, measured against
+    a floor above its free space, stands in for a full one."""
+    full = settings.model_copy(update={"health_min_free_mb": 1e12})
+    r = TestClient(create_app(full)).get("/healthz")
+    assert r.status_code == 503 and r.json()["storage"].startswith("error:"), r.json()
+    assert TestClient(create_app(settings)).get("/healthz").json()["storage"] == "ok"

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -34,6 +38,24 @@ def _worker(grace_s: float) -> tuple[dict | None, bool]:
     return status, status["state"] in ("up", "restarting")
 
 
+def _storage(settings) -> str:
+    """Whether the data folder (SQLite, the embedded broker, checkpoints) can take writes: free
+    space above KILOTASK_HEALTH_MIN_FREE_MB and a small file written. A full disk answered
+    uploads 503 while this said ok."""
+    try:
+        free_mb = shutil.disk_usage(settings.data_dir).free / 2**20
+        if free_mb < settings.health_min_free_mb:
+            floor = settings.health_min_free_mb
+            return f"error: {free_mb:.0f} MB free in the data folder, under {floor:g} MB"
+        with tempfile.TemporaryFile(dir=settings.data_dir) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+        return "ok"
+    except OSError as exc:
+        return f"error: cannot write to the data folder ({exc.strerror})"
+
+
 @router.get(
     "/healthz",
     response_model=Health,
@@ -50,8 +72,9 @@ def healthz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
         checks["broker"] = "ok" if _broker_ok(settings.broker_url) else "error"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
+    checks["storage"] = _storage(settings)
     worker, worker_ok = _worker(settings.worker_down_grace_s)
     if worker is not None:
         checks["worker"] = worker
-    healthy = worker_ok and checks["database"] == "ok" and checks["broker"] == "ok"
+    healthy = worker_ok and all(checks[k] == "ok" for k in ("database", "broker", "storage"))
     return JSONResponse({"status": "ok" if healthy else "error", **checks}, 200 if healthy else 503)
