@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     max_worker_losses: int = Field(default=3, ge=1)  # then the job fails with worker_lost
     db_retry_s: float = Field(default=300.0, ge=0)  # a worker retries its writes this long
     health_min_free_mb: float = Field(default=100.0, ge=0)  # /healthz: free space in data_dir
+    shutdown_grace_s: float = Field(default=60.0, gt=0)  # serve waits this long for its worker
     worker_down_grace_s: float = Field(default=30.0, ge=0)  # /healthz 503 after this long
     # Per-tenant limits (429 with Retry-After); 0 turns a limit off.
     tenant_max_active_jobs: int = Field(default=8, ge=0)  # queued + running jobs

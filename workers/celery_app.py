@@ -8,9 +8,10 @@ requeued by any surviving worker, whatever the broker's visibility timeout.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app.config import get_settings
+from app.jobs import shutdown
 from app.jobs.queue import celery_config
 from app.jobs.sweeper import Sweeper
 
@@ -29,6 +30,12 @@ _sweeper: Sweeper | None = None
 def _start_sweeper(**_) -> None:
     global _sweeper
     _sweeper = Sweeper(get_settings()).start()
+
+
+@worker_shutting_down.connect
+def _hand_back_the_job(**_) -> None:
+    """Warm shutdown (SIGTERM) begins: the running job checkpoints and is handed back."""
+    shutdown.request()
 
 
 @worker_shutdown.connect

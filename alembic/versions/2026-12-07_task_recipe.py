@@ -1,4 +1,5 @@
-"""Tasks: how each was trained (recipe: the learning rate and the probe's losses)
+"""Tasks: how each was trained (recipe: the learning rate and the probe's losses); jobs: the
+step their checkpoint holds (checkpoint_step)
 
 Revision ID: 8c4f1a6e2d07
 Revises: 5e8c2a7d1b93
@@ -22,8 +23,12 @@ def upgrade() -> None:
     """Nullable: tasks stored before recipes say nothing about how they were trained."""
     with op.batch_alter_table("task") as batch:
         batch.add_column(sa.Column("recipe", sa.JSON(), nullable=True))
+    with op.batch_alter_table("job") as batch:
+        batch.add_column(sa.Column("checkpoint_step", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("job") as batch:
+        batch.drop_column("checkpoint_step")
     with op.batch_alter_table("task") as batch:
         batch.drop_column("recipe")

@@ -109,10 +109,24 @@ def serve(args: argparse.Namespace) -> int:
             popen_options={"start_new_session": True, "preexec_fn": _die_with_parent},
         ).start()
         supervisor.install(worker)
+    _keep_stop_signals()
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port)
     finally:
         sweeper.stop()
-        if worker is not None:
-            worker.stop()
+        if worker is not None:  # SIGTERM: it checkpoints its job and hands it back, then exits
+            print(f"kilotask: stopping the worker (up to {settings.shutdown_grace_s:g} s for its "
+                  "job to checkpoint)", file=sys.stderr)  # fmt: skip
+            worker.stop(timeout=settings.shutdown_grace_s)
     return 0
+
+
+def _keep_stop_signals() -> None:
+    """uvicorn stops on SIGTERM or SIGINT, then raises the signal again under the handler it
+    found: with Python's defaults that killed `serve` before its `finally` could stop the worker
+    (which kept training, orphaned, holding the job's lease). These handlers do nothing, so
+    `serve` returns from uvicorn and shuts its worker down."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)

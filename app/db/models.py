@@ -111,6 +111,8 @@ class Job(Base):
     checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     # full fine-tuning: the checkpoint's file name in settings.checkpoint_dir (too big for a row)
     checkpoint_ref: Mapped[str | None] = mapped_column(String(255))
+    # the step the checkpoint holds (`step` is the latest progress, ahead of it)
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
     task_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -143,7 +143,7 @@ def claim(engine: Engine, job_id: str, lease_s: float, retry_s: float) -> Lease 
                 select(
                     Job.status,
                     Job.attempts,
-                    Job.step,
+                    func.coalesce(Job.checkpoint_step, Job.step),  # jobs from before the column
                     Job.checkpoint.is_not(None) | Job.checkpoint_ref.is_not(None),
                 ).where(Job.id == job_id)
             ).first()

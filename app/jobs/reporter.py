@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, JobEvent, utcnow
 from app.engine.metrics import reported
 from app.engine.trainer import TrainCallbacks
+from app.jobs import shutdown
 from app.jobs.leases import Lease, LeaseLost, is_unreachable
+from app.jobs.sweeper import SEND_AT_NEXT_SWEEP
 
 log = logging.getLogger("kilotask.worker")
 
@@ -40,6 +42,7 @@ class JobReporter(TrainCallbacks):
         self._values: dict = {}  # job columns for the next write (newest value wins)
         self._events: list[tuple[str, dict, datetime]] = []
         self._last_write = self._last_poll = 0.0
+        self.checkpoint_step = 0  # the step of the last checkpoint this attempt saved
 
     @property
     def job_id(self) -> str:
@@ -103,16 +106,33 @@ class JobReporter(TrainCallbacks):
 
     def on_checkpoint(self, step: int) -> None:
         assert self.path is not None, "checkpoints need a checkpoint path"
+        self.checkpoint_step = step
+        saved = {"step": step, "checkpoint_step": step}
         if self.checkpoint_ref is not None:
-            self.record({"checkpoint_ref": self.checkpoint_ref, "step": step})
+            self.record({"checkpoint_ref": self.checkpoint_ref, **saved})
         else:
-            self.record({"checkpoint": self.path.read_bytes(), "step": step})
+            self.record({"checkpoint": self.path.read_bytes(), **saved})
         self.flush()
 
+    def hand_back(self, message: str) -> None:
+        """The worker is shutting down: back to `queued`, lease released, this attempt not
+        counted against KILOTASK_MAX_WORKER_LOSSES (the checkpoint stays). Not sent from here
+        (this worker's own loop would take the message again while it stops): the first sweep
+        of any worker or `serve` sends it, at its start or within KILOTASK_SWEEP_EVERY_S."""
+        self.record(
+            {"status": "queued", "lease_owner": None, "lease_expires_at": None,
+             "attempts": self.lease.attempt - 1, "enqueued_at": SEND_AT_NEXT_SWEEP},
+            "message", message=message,
+        )  # fmt: skip
+        self.flush(wait=True)
+
     def should_stop(self) -> bool:
-        """Stop when a cancel was asked for; raise LeaseLost when the job is no longer ours."""
+        """Stop when a cancel was asked for or the worker is shutting down (the trainer then
+        checkpoints); raise LeaseLost when the job is no longer ours."""
         if self.lease.lost.is_set():
             raise LeaseLost(f"job {self.job_id}: lease lost; stopping without writing")
+        if shutdown.requested():
+            return True
         now = time.monotonic()
         if now - self._last_poll < 0.5:
             return False

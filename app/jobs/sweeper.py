@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -74,6 +74,10 @@ def _lost_worker(session: Session, settings: Settings, report: SweepReport) -> N
             session.add(event)
             bucket.append(job_id)
         session.commit()
+
+
+# a queued job's enqueued_at that the next sweep treats as a lost message: sent at once
+SEND_AT_NEXT_SWEEP = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _lost_message(session: Session, settings: Settings, report: SweepReport) -> None:

@@ -19,6 +19,7 @@ from app.engine.errors import EngineError
 from app.engine.metrics import reported
 from app.engine.pipeline import TrainRequest, train_task
 from app.engine.trainer import TrainConfig, TrainingCancelled
+from app.jobs import shutdown
 from app.jobs.checkpoint_store import CheckpointStore
 from app.jobs.leases import Lease, LeaseLost
 from app.jobs.reporter import JobReporter
@@ -65,6 +66,11 @@ def run_training(session: Session, job: Job, lease: Lease, settings: Settings, d
             session.commit()  # end the read transaction: training holds no connection
             outcome = train_task(request, reporter, str(ckpt), device)
         except TrainingCancelled:
+            if shutdown.requested():  # the worker is stopping: hand the job to the next one
+                step = reporter.checkpoint_step
+                reporter.hand_back(f"worker {lease.owner} is shutting down: the job goes back "
+                                   f"to the queue and resumes from step {step}")  # fmt: skip
+                return "handed_back"
             reporter.finish("cancelled", values=_NO_CHECKPOINT)
             store.remove(job.id)
             return "cancelled"

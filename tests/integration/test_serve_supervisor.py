@@ -151,3 +151,66 @@ def _health_or_none(url: str) -> dict | None:
 def _finished(url: str, key: str, job_id: str) -> dict | None:
     job = _call(url, key, f"/v1/jobs/{job_id}")
     return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_hands_the_job_back_and_a_restarted_serve_resumes_it(tiny_bert, tmp_path):
+    """SIGTERM left the worker running, orphaned, still training and holding the lease; each
+    restart spent one of KILOTASK_MAX_WORKER_LOSSES, and the resume event named the latest
+    progress step, not the checkpoint's. Now serve stops its worker, which checkpoints and
+    hands the job back; a new serve resumes it from that step, as attempt 1 again."""
+    data = tmp_path / "data"
+    env = dict(os.environ, KILOTASK_DATA_DIR=str(data), HF_HUB_OFFLINE="1",
+               KILOTASK_CHECKPOINT_EVERY="1000")  # fmt: skip
+    for name in ("KILOTASK_DATABASE_URL", "KILOTASK_BROKER_URL"):
+        env.pop(name, None)
+
+    def start(log_name: str):
+        port = free_port()
+        log = open(tmp_path / log_name, "wb")  # noqa: SIM115 (closed by the caller)
+        proc = subprocess.Popen([KILOTASK, "serve", "--port", str(port)], env=env, cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _health_or_none(url), 60, "serve answering")
+        _wait(lambda: _health(url).get("worker", {}).get("state") == "up", 30, "worker up")
+        return proc, url, log
+
+    serve, url, log = start("serve-1.log")
+    try:
+        key = (data / "api_key").read_text().strip()
+        rows = write_tsv(tmp_path / "train.tsv", sentiment_rows(256, seed=0)).read_bytes()
+        ds = _call(url, key, "/v1/datasets", form=("train.tsv", rows))["id"]
+        body = {"model": str(tiny_bert), "train_dataset": ds, "eval_dataset": ds,
+                "method": "said", "dim": 150, "seed": 3,
+                "hyperparameters": {"batch_size": 16, "max_length": 16, "max_steps": 400,
+                                    "eval_every": 400, "learning_rate": 0.3}}  # fmt: skip
+        job_id = _call(url, key, "/v1/jobs", body)["id"]
+        _wait(lambda: _call(url, key, f"/v1/jobs/{job_id}")["progress"]["step"] >= 20, 120,
+              "job at step 20")  # fmt: skip
+        worker = _health(url)["worker"]["pid"]
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=90) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
+    assert not Path(f"/proc/{worker}").exists()  # no orphan left training
+    assert "Traceback" not in (tmp_path / "serve-1.log").read_text()
+
+    serve, url, log = start("serve-2.log")
+    try:
+        done = _wait(lambda: _finished(url, key, job_id), 300, "job finished")
+        assert done["status"] == "succeeded", done
+        events = _call(url, key, f"/v1/jobs/{job_id}/events?limit=1000")["data"]
+        handed = [e["data"]["message"] for e in events if "shutting down" in
+                  e["data"].get("message", "")]  # fmt: skip
+        assert len(handed) == 1, events
+        step = int(handed[0].rsplit(" ", 1)[1])
+        starts = [e["data"] for e in events if e["data"].get("status") == "running"]
+        assert [s["attempt"] for s in starts] == [1, 1]  # no worker loss counted
+        assert starts[1]["resumed_from_step"] == step >= 20
+    finally:
+        serve.terminate()
+        serve.wait(timeout=90)
+        log.close()
