@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import console
 from app.api import errors, guard, head
@@ -12,7 +13,7 @@ from app.config import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc load their scripts from this server, not a CDN
         title="kilotask",
         version="0.1.0",
         description="Sub-kilobyte fine-tuned tasks: train, store, exchange and serve them.",

@@ -416,3 +416,16 @@ def test_health_says_so_when_the_data_folder_cannot_take_writes(settings, tmp_pa
     r = TestClient(create_app(full)).get("/healthz")
     assert r.status_code == 503 and r.json()["storage"].startswith("error:"), r.json()
     assert TestClient(create_app(settings)).get("/healthz").json()["storage"] == "ok"
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_load_nothing_from_a_cdn(client, page):
+    import re
+
+    html = client.get(page).text
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html) + re.findall(
+        r"'(/[^']+\.(?:js|css))'", html
+    )
+    assert assets and not re.search(r"https?://", " ".join(assets)), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
