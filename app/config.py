@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     worker_down_grace_s: float = Field(default=30.0, ge=0)  # /healthz 503 after this long
     # Per-tenant limits (429 with Retry-After); 0 turns a limit off.
     tenant_max_active_jobs: int = Field(default=8, ge=0)  # queued + running jobs
+    tenant_max_storage_mb: float = Field(default=2048.0, ge=0)  # data sets + tasks, per tenant
     tenant_infer_rps: float = Field(default=0.0, ge=0)  # inference requests per second
 
     @model_validator(mode="after")

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import SettingsDep, TenantDep
 from app.config import Settings
-from app.db.models import Job
-from app.errors import RateLimitedError
+from app.db.models import Dataset, Job, Task
+from app.errors import PayloadTooLargeError, RateLimitedError
 from app.jobs.service import ACTIVE, too_many_active_jobs
 
 
@@ -31,6 +31,29 @@ def check_active_jobs(session: Session, settings: Settings, tenant_id: str) -> N
     )
     if (active or 0) >= limit:
         raise too_many_active_jobs(active, limit)
+
+
+def check_storage(session: Session, tenant_id: str, adding: int, limit_mb: float) -> None:
+    """413 when the tenant's data sets and tasks with `adding` more bytes would pass its
+    storage quota (0: none). Counted in the database, so every API process agrees."""
+    if not limit_mb:
+        return
+    datasets = session.scalar(
+        select(func.coalesce(func.sum(func.length(Dataset.content)), 0)).where(
+            Dataset.tenant_id == tenant_id
+        )
+    )
+    tasks = session.scalar(
+        select(func.coalesce(func.sum(Task.size_bytes), 0)).where(Task.tenant_id == tenant_id)
+    )
+    used = int(datasets) + int(tasks)
+    if used + adding > limit_mb * 2**20:
+        raise PayloadTooLargeError(
+            f"this tenant stores {used / 2**20:.1f} MB and this adds {adding / 2**20:.2f} MB, "
+            f"over its quota of {limit_mb:g} MB (KILOTASK_TENANT_MAX_STORAGE_MB): delete data "
+            "sets (DELETE /v1/datasets/{id}) or tasks first",
+            code="storage_quota_exceeded",
+        )
 
 
 class TokenBucket:

@@ -16,3 +16,10 @@ class DatasetPublic(BaseModel):
     label_counts: dict[str, int]
     sha256: str
     created_at: UtcDatetime
+
+
+class DatasetsPage(BaseModel):
+    data: list[DatasetPublic]
+    total: int
+    limit: int
+    offset: int

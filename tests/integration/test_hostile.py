@@ -23,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from app.main import create_app
+from tests.factories import sentiment_rows
 from tests.integration.conftest import new_key
 from tests.integration.test_jobs_api import make_task_bytes
 
@@ -429,3 +430,30 @@ def test_api_docs_load_nothing_from_a_cdn(client, page):
     assert assets and not re.search(r"https?://", " ".join(assets)), assets
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+def test_data_sets_are_listed_deleted_and_counted_against_a_storage_quota(settings, tiny_bert):
+    """There was no data set list or delete and no storage quota."""
+    from tests.integration.test_api_basics import tsv
+
+    small = settings.model_copy(update={"tenant_max_storage_mb": 0.01})  # 10 KB
+    client, auth = TestClient(create_app(small)), new_key(small)
+    content = tsv(sentiment_rows(40))
+    first = client.post("/v1/datasets", files={"file": ("a.tsv", content)}, headers=auth)
+    assert first.status_code == 201, first.text
+    listed = client.get("/v1/datasets", headers=auth).json()
+    assert listed["total"] == 1 and listed["data"][0]["id"] == first.json()["id"]
+    assert client.get("/v1/datasets", headers=new_key(small)).json()["total"] == 0
+    big = tsv(sentiment_rows(400))
+    r = client.post("/v1/datasets", files={"file": ("b.tsv", big)}, headers=auth)
+    assert "KILOTASK_TENANT_MAX_STORAGE_MB" in error_of(r, 413)["message"]
+    other = new_key(small)
+    assert client.delete(f"/v1/datasets/{first.json()['id']}", headers=other).status_code == 404
+    job = {"train_dataset": first.json()["id"], "method": "said", "dim": 50,
+           "model": str(tiny_bert), "hyperparameters": {"max_length": 32}}  # fmt: skip
+    assert client.post("/v1/jobs", json=job, headers=auth).status_code == 202
+    r = client.delete(f"/v1/datasets/{first.json()['id']}", headers=auth)
+    assert error_of(r, 409)["code"] == "dataset_in_use"
+    second = client.post("/v1/datasets", files={"file": ("c.tsv", content)}, headers=other)
+    assert client.delete(f"/v1/datasets/{second.json()['id']}", headers=other).status_code == 204
+    assert client.get("/v1/datasets", headers=other).json()["total"] == 0

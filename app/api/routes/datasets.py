@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from sqlalchemy import func, or_, select
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.limits import check_storage
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
-from app.db.models import Dataset
-from app.db.repo import get_dataset
+from app.db.models import Dataset, Job
+from app.db.repo import get_dataset, page
 from app.engine.data import ColumnSpec
-from app.errors import PayloadTooLargeError
+from app.errors import ConflictError, PayloadTooLargeError
 from app.records.datasets import inspect_upload
-from app.schemas.datasets import DatasetPublic
+from app.schemas.datasets import DatasetPublic, DatasetsPage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -51,14 +53,15 @@ async def upload_dataset(
     columns = ColumnSpec(text_column, text_pair_column, label_column)
     return await offload(
         tenant_id, _store, session, tenant_id, content, file.filename or "", columns,
-        settings.max_rows,
+        settings.max_rows, settings.tenant_max_storage_mb,
     )  # fmt: skip
 
 
 def _store(session, tenant_id: str, content: bytes, filename: str, columns: ColumnSpec,
-           max_rows: int) -> Dataset:  # fmt: skip
+           max_rows: int, max_storage_mb: float) -> Dataset:  # fmt: skip
     """Parse, hash and store an upload (seconds for a large file: never on the event loop)."""
     summary = inspect_upload(content, filename, columns, max_rows)
+    check_storage(session, tenant_id, len(content), max_storage_mb)
     row = Dataset(
         tenant_id=tenant_id,
         filename=filename,
@@ -76,8 +79,46 @@ def _store(session, tenant_id: str, content: bytes, filename: str, columns: Colu
     return row
 
 
+@router.get("", response_model=DatasetsPage, responses=error_responses(*AUTHED, 422))
+def list_datasets(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> DatasetsPage:
+    """The tenant's data sets, newest first (their contents are never loaded here)."""
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    rows, total = page(session, stmt.order_by(Dataset.created_at.desc()), limit, offset)
+    return DatasetsPage(data=[DatasetPublic.model_validate(r) for r in rows], total=total,
+                        limit=limit, offset=offset)  # fmt: skip
+
+
 @router.get(
     "/{dataset_id}", response_model=DatasetPublic, responses=error_responses(*AUTHED, 404, 422)
 )
 def read_dataset(session: SessionDep, tenant_id: TenantDep, dataset_id: ResourceId) -> Dataset:
     return get_dataset(session, tenant_id, dataset_id)
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(*AUTHED, 404, 409, 422),
+)
+def delete_dataset(session: SessionDep, tenant_id: TenantDep, dataset_id: ResourceId) -> Response:
+    """Frees its storage; refused (409) while a job names it (a job's data stays readable)."""
+    row = get_dataset(session, tenant_id, dataset_id)
+    uses = session.scalar(
+        select(func.count()).where(
+            or_(Job.train_dataset_id == dataset_id, Job.eval_dataset_id == dataset_id)
+        )
+    )
+    if uses:
+        raise ConflictError(
+            f"data set {dataset_id} is named by {uses} job(s); a job keeps its data, so it "
+            "cannot be deleted", code="dataset_in_use",
+        )  # fmt: skip
+    session.delete(row)
+    session.commit()
+    return Response(status_code=204)

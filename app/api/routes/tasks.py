@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Integer, String, select
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.limits import check_storage
 from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
 from app.api.routes.models import (
@@ -189,6 +190,7 @@ def _import(session, settings: Settings, tenant_id: str, data: bytes) -> JSONRes
         return JSONResponse(TaskPublic.model_validate(existing).model_dump(mode="json"), 200)
     row = row_from_artifact(artifact, tenant_id, None)
     _check_storable(row)
+    check_storage(session, tenant_id, row.size_bytes, settings.tenant_max_storage_mb)
     session.add(row)
     session.commit()
     return JSONResponse(TaskPublic.model_validate(row).model_dump(mode="json"), 201)
