@@ -9,6 +9,10 @@ On CPU there is one worker per core, each with one intra-op thread: a small batc
 case when traffic is spread over many tasks) cannot use two cores inside one forward pass, but two
 small batches of different tasks can run side by side. On GPU one worker owns the device.
 
+Within a queue, requests are taken tenant by tenant, the tenant served longest ago first
+(requests arrive split into pieces of at most `max_batch` inputs): one tenant's flood of
+inputs delays another tenant's request by at most the batch already running, not by the flood.
+
 One bad input never fails the others batched with it: when a batch of several inputs fails (for
 a reason that is not the task's as a whole), each input is run again alone, and only the
 requests whose own input fails get an error (InvalidInputError, 422, naming the problem)."""
@@ -45,6 +49,7 @@ class _Request:
     task: TaskArtifact
     items: list[Item]
     future: asyncio.Future
+    tenant: str = ""
     arrived: float = field(default_factory=time.perf_counter)
 
 
@@ -77,13 +82,16 @@ class MicroBatcher:
             initargs=(threads_each,),
         )
         self._queues: OrderedDict[str, _Queue] = OrderedDict()  # oldest waiting task first
+        self._served: dict[str, int] = {}  # tenant -> the turn it was last served on
+        self._turn = 0
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batch_sizes = Tally()  # inputs per model call
         self.latencies = Tally()  # seconds per model call
 
-    async def submit(self, task: TaskArtifact, items: list[Item]) -> torch.Tensor:
-        """Probabilities (len(items), C) for `items`, computed in shared batches."""
+    async def submit(self, task: TaskArtifact, items: list[Item], tenant: str = "") -> torch.Tensor:
+        """Probabilities (len(items), C) for `items`, computed in shared batches; `tenant`
+        gets its fair turn in each queue."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use on this event loop: start its consumer
             self._loop, self._wakeup = loop, asyncio.Event()
@@ -93,7 +101,7 @@ class MicroBatcher:
         mixed = self.pool is not None and get_method(task.method).mixable
         key = f"mixed:{task.model}" if mixed else task.digest
         for lo in range(0, len(items), self.max_batch):
-            request = _Request(task, items[lo : lo + self.max_batch], loop.create_future())
+            request = _Request(task, items[lo : lo + self.max_batch], loop.create_future(), tenant)
             queue = self._queues.setdefault(key, _Queue(task, mixed))
             queue.requests.append(request)
             queue.pending += len(request.items)
@@ -121,19 +129,41 @@ class MicroBatcher:
         digest, queue = next(iter(self._queues.items()))
         if time.perf_counter() - queue.requests[0].arrived < self.max_delay:
             digest, queue = max(self._queues.items(), key=lambda kv: kv[1].pending)
-        batch, size = [], 0
-        while queue.requests and (
-            not batch or size + len(queue.requests[0].items) <= self.max_batch
-        ):
-            request = queue.requests.pop(0)
-            batch.append(request)
-            size += len(request.items)
+        batch = self._fair_batch(queue)
+        size = sum(len(request.items) for request in batch)
         queue.pending -= size
         if not queue.requests:
             del self._queues[digest]
         else:
             self._queues.move_to_end(digest)  # fairness: other tasks go next
         return queue, batch
+
+    def _fair_batch(self, queue: _Queue) -> list[_Request]:
+        """Whole requests, at most max_batch inputs: one request per tenant in turn, the tenants
+        served longest ago (or never) first, each tenant's in arrival order."""
+        by_tenant: dict[str, list[_Request]] = {}
+        for request in queue.requests:
+            by_tenant.setdefault(request.tenant, []).append(request)
+        order = sorted(by_tenant, key=lambda t: self._served.get(t, -1))  # never served: first
+        batch, size, taking = [], 0, True
+        while taking:
+            taking = False
+            for tenant in order:
+                waiting = by_tenant[tenant]
+                if waiting and (not batch or size + len(waiting[0].items) <= self.max_batch):
+                    request = waiting.pop(0)
+                    batch.append(request)
+                    size += len(request.items)
+                    taking = True
+        chosen = {id(request) for request in batch}
+        queue.requests = [r for r in queue.requests if id(r) not in chosen]
+        self._turn += 1
+        for request in batch:
+            self._served[request.tenant] = self._turn  # last in line next time
+        if len(self._served) > 100_000:  # bounded: forget the tenants idle longest
+            cut = sorted(self._served.values())[len(self._served) // 2]
+            self._served = {t: turn for t, turn in self._served.items() if turn >= cut}
+        return batch
 
     async def _run(self, work: tuple[_Queue, list[_Request]]) -> None:
         queue, batch = work

@@ -156,3 +156,35 @@ def test_a_bad_task_in_a_mixed_batch_fails_only_its_own_request(tiny_bert, monke
     alone_third = run(batcher.submit(good[1], [("awful plot", None), ("so dull", None)]))
     torch.testing.assert_close(first, alone_first, rtol=0, atol=1e-6)
     torch.testing.assert_close(third, alone_third, rtol=0, atol=1e-6)
+
+
+def test_one_tenants_flood_delays_anothers_request_by_at_most_one_batch(tiny_bert, monkeypatch):
+    """Tenant A sends 40 inputs (ten requests of a 4-input batch) to its lowrank task, then
+    tenant B one input to its own: B's row runs in the first or second batch (it ran in the
+    eleventh, after the whole flood, when a queue was served in arrival order)."""
+    batches: list[list[str]] = []
+    real = batcher_module.classify_mixed
+
+    def classify_mixed(pool, tasks, items):
+        batches.append([text for text, _ in items])
+        return real(pool, tasks, items)
+
+    monkeypatch.setattr(batcher_module, "classify_mixed", classify_mixed)
+    mine, theirs = (make_lowrank_task(str(tiny_bert), gen_seed=k) for k in range(2))
+    cache = TaskCache(budget_mb=1)
+    batcher = MicroBatcher(cache, max_batch=4, max_wait_ms=20, workers=1,
+                           pool=LowRankPool(16, cache.base_model))  # fmt: skip
+
+    async def flood_then_one():
+        flood = asyncio.create_task(
+            batcher.submit(mine, [(f"flood {i}", None) for i in range(40)], "tenant-a")
+        )
+        await asyncio.sleep(0)  # the flood is queued first
+        one = asyncio.create_task(batcher.submit(theirs, [("just me", None)], "tenant-b"))
+        return await asyncio.gather(flood, one)
+
+    flooded, alone = run(flood_then_one())
+    assert flooded.shape[0] == 40 and alone.shape[0] == 1
+    where = next(i for i, texts in enumerate(batches) if "just me" in texts)
+    assert where <= 1, [len(b) for b in batches]
+    assert sum(len(b) for b in batches) == 41

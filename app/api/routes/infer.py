@@ -64,7 +64,9 @@ async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]
         groups.setdefault(item.task, []).append(i)
     results = await asyncio.gather(
         *(
-            rt.batcher.submit(tasks[t], [(inputs[i].text, inputs[i].text_pair) for i in idx])
+            rt.batcher.submit(
+                tasks[t], [(inputs[i].text, inputs[i].text_pair) for i in idx], tenant_id
+            )
             for t, idx in groups.items()
         )
     )
