@@ -53,3 +53,30 @@ class InferOutput(BaseModel):
 
 class InferResponse(BaseModel):
     outputs: list[InferOutput]
+
+
+class PinState(BaseModel):
+    """A pin or unpin: the task, its content digest, and where it stands now."""
+
+    task: str
+    digest: str | None = Field(None, description="pin: the task's content digest")
+    pinned: bool
+    resident: bool | None = Field(None, description="unpin: whether it is still in memory")
+
+
+class ServingState(BaseModel):
+    """This process's serving state (`/v1/serving`): of the resident tasks, only the caller's
+    own are listed; the rest are totals."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cache: dict = Field(description="materialised SAID/DID tasks: budget, residency, hit rates")
+    lowrank: dict = Field(description="resident lowrank factors: budget, counts, hit rates")
+    projection_cache: dict
+    device: str
+    batches: int
+    mean_batch_size: float
+    largest_batch: int
+    max_batch: int
+    workers: int
+    max_wait_ms: float

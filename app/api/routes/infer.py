@@ -17,7 +17,15 @@ from app.db.repo import get_owned
 from app.engine.artifact import TaskArtifact
 from app.errors import InvalidInputError
 from app.records.tasks import artifact_from_row
-from app.schemas.infer import MAX_TEXT, InferInput, InferOutput, InferRequest, InferResponse
+from app.schemas.infer import (
+    MAX_TEXT,
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    PinState,
+    ServingState,
+)
 
 router = APIRouter(tags=["inference"])
 
@@ -121,7 +129,7 @@ async def predict_one(
     return (await _infer(request, session, settings, tenant_id, [item])).outputs[0]
 
 
-@router.get("/v1/serving", responses=error_responses(*AUTHED))
+@router.get("/v1/serving", response_model=ServingState, responses=error_responses(*AUTHED))
 def serving_state(
     request: Request, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
 ) -> dict:
@@ -139,7 +147,12 @@ def serving_state(
     return state
 
 
-@router.post("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 409, 422))
+@router.post(
+    "/v1/tasks/{task_id}/pin",
+    response_model=PinState,
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTHED, 404, 409, 422),
+)
 async def pin_task(
     request: Request,
     task_id: ResourceId,
@@ -159,7 +172,12 @@ def _pin(rt, session, tenant_id: str, task_id: str) -> TaskArtifact:
     return art
 
 
-@router.delete("/v1/tasks/{task_id}/pin", responses=error_responses(*AUTHED, 404, 422))
+@router.delete(
+    "/v1/tasks/{task_id}/pin",
+    response_model=PinState,
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTHED, 404, 422),
+)
 def unpin_task(
     request: Request,
     task_id: ResourceId,
