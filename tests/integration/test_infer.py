@@ -323,3 +323,8 @@ def test_export_zip_over_rest(client, auth, settings, tasks):
     assert client.get(f"/v1/tasks/{said_id}/export?format=onnx", headers=auth).status_code == 422
     other = new_key(settings)
     assert client.get(f"/v1/tasks/{said_id}/export?format=hf", headers=other).status_code == 404
+    import glob
+    import tempfile
+
+    left = glob.glob(f"{tempfile.gettempdir()}/kilotask-export-*.zip")
+    assert not left, left  # the zip was streamed from a temporary file, then deleted
