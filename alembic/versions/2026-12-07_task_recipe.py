@@ -1,5 +1,5 @@
 """Tasks: how each was trained (recipe: the learning rate and the probe's losses); jobs: the
-step their checkpoint holds (checkpoint_step)
+step their checkpoint holds (checkpoint_step); API keys: operators' (admin)
 
 Revision ID: 8c4f1a6e2d07
 Revises: 5e8c2a7d1b93
@@ -25,9 +25,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("recipe", sa.JSON(), nullable=True))
     with op.batch_alter_table("job") as batch:
         batch.add_column(sa.Column("checkpoint_step", sa.Integer(), nullable=True))
+    with op.batch_alter_table("api_key") as batch:
+        batch.add_column(
+            sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_key") as batch:
+        batch.drop_column("admin")
     with op.batch_alter_table("job") as batch:
         batch.drop_column("checkpoint_step")
     with op.batch_alter_table("task") as batch:

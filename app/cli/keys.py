@@ -35,8 +35,9 @@ def keys(args: argparse.Namespace) -> int:
 def _keys_create(session, args: argparse.Namespace, name: str) -> int:
     from app.records.keys import create_key
 
-    tenant, key = create_key(session, name)
-    print(json.dumps({"tenant": tenant.name, "tenant_id": tenant.id, "api_key": key}))
+    tenant, key = create_key(session, name, admin=args.admin)
+    print(json.dumps({"tenant": tenant.name, "tenant_id": tenant.id, "api_key": key,
+                      "admin": args.admin}))  # fmt: skip
     return 0
 
 

@@ -214,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create an API key for a tenant (made if new)")
     kc.add_argument("--tenant", required=True)
+    kc.add_argument(
+        "--admin",
+        action="store_true",
+        help="an operator's key: /v1/serving shows every tenant's resident tasks",
+    )
     kl = ksub.add_parser(
         "list",
         help="print the API keys as JSON lines, one per key: id, tenant, tenant_id, created_at, "

@@ -16,17 +16,24 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, tenant_name: str) -> tuple[Tenant, str]:
-    """Create (or reuse) the tenant and give it a new key. Returns the key once."""
+def create_key(session: Session, tenant_name: str, admin: bool = False) -> tuple[Tenant, str]:
+    """Create (or reuse) the tenant and give it a new key (`admin`: an operator's, which sees
+    the whole process's serving state). Returns the key once."""
     tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
     if tenant is None:
         tenant = Tenant(name=tenant_name)
         session.add(tenant)
         session.flush()
     key = "kt_" + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key)))
+    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), admin=admin))
     session.commit()
     return tenant, key
+
+
+def is_admin_key(session: Session, authorization: str | None) -> bool:
+    """Whether the (already valid) key of this header is an operator's."""
+    key = [*(authorization or "").split(None, 1), ""][1].strip()
+    return bool(session.scalar(select(ApiKey.admin).where(ApiKey.key_hash == hash_key(key))))
 
 
 def tenant_for_key(session: Session, authorization: str | None) -> str:

@@ -457,3 +457,19 @@ def test_data_sets_are_listed_deleted_and_counted_against_a_storage_quota(settin
     second = client.post("/v1/datasets", files={"file": ("c.tsv", content)}, headers=other)
     assert client.delete(f"/v1/datasets/{second.json()['id']}", headers=other).status_code == 204
     assert client.get("/v1/datasets", headers=other).json()["total"] == 0
+
+
+def test_only_an_admin_key_sees_every_tenants_resident_tasks(client, settings, auth, tiny_bert):
+    from app.db.session import session_factory
+    from app.records.keys import create_key
+
+    r = client.post("/v1/tasks", files={"file": ("t.safetensors", make_task_bytes(tiny_bert))},
+                    headers=auth)  # fmt: skip
+    infer = {"inputs": [{"task": r.json()["id"], "text": "nice"}]}
+    assert client.post("/v1/infer", json=infer, headers=auth).status_code == 200
+    with session_factory(settings)() as session:
+        _, key = create_key(session, "operators", admin=True)
+    seen = client.get("/v1/serving", headers={"Authorization": f"Bearer {key}"}).json()
+    assert [t["digest"] for t in seen["cache"]["resident_tasks"]] == [r.json()["digest"]]
+    other = client.get("/v1/serving", headers=new_key(settings)).json()
+    assert other["cache"]["resident_tasks"] == []
