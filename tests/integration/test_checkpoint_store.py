@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from app.db.models import Dataset, Job, JobEvent, utcnow
 from app.db.session import get_engine
@@ -33,8 +33,8 @@ def _full_job(settings, dataset_id: str, model: str) -> str:
 
 
 def _row(settings, job_id: str) -> Job:
-    with Session(get_engine(settings)) as session:
-        return session.get(Job, job_id)
+    with Session(get_engine(settings)) as session:  # the checkpoint blob is a deferred column
+        return session.get(Job, job_id, options=[undefer(Job.checkpoint)])
 
 
 def test_a_full_job_checkpoints_to_the_store_and_resumes_from_it(
