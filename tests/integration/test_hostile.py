@@ -4,6 +4,7 @@ broken. Kept as a regression suite: a new hole gets its request here."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -148,10 +149,13 @@ def live(settings):
 
 def raw_request(host: str, port: int, head: str, body: bytes = b"") -> tuple[int, bytes, float]:
     """Send the head and the first bytes of a body (never the rest) and read the answer:
-    (status, body, seconds). The server must answer without waiting for what never comes."""
+    (status, body, seconds). The server must answer without waiting for what never comes
+    (had it waited, the answer would never come: any answer within seconds shows it did not)."""
     start = time.perf_counter()
-    with socket.create_connection((host, port), timeout=5) as conn:
-        conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    with socket.create_connection((host, port), timeout=30) as conn:
+        # the server may answer and close before it took it all: then read that answer
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
         data = b""
         while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
             chunk = conn.recv(65536)
@@ -182,7 +186,7 @@ def test_a_request_without_a_key_is_refused_before_its_body(live, path):
     head = f"POST {path} HTTP/1.1\nHost: x\nContent-Type: {kind}\nContent-Length: {150 * 2**20}\n"
     status, body, seconds = raw_request(host, port, head, b"[" * 1024)
     assert status == 401 and b"Authorization: Bearer" in body
-    assert seconds < 2, seconds
+    assert seconds < 10, seconds
 
 
 def test_a_body_over_the_cap_is_413_from_its_length_before_it_is_read(live):
@@ -191,7 +195,7 @@ def test_a_body_over_the_cap_is_413_from_its_length_before_it_is_read(live):
             f"Content-Type: application/json\nContent-Length: {40 * 2**20}\n")  # fmt: skip
     status, body, seconds = raw_request(host, port, head, b"[" * 1024)
     assert status == 413 and b"KILOTASK_MAX_BODY_MB" in body
-    assert seconds < 2, seconds
+    assert seconds < 10, seconds
 
 
 def test_a_streamed_body_over_the_cap_is_413_as_soon_as_it_passes(settings, live):
