@@ -21,8 +21,9 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: sqlite under data_dir
     broker_url: str = ""  # default: a filesystem broker under data_dir
     default_model: str = "minilm-l6"
-    # besides the registered ids, tenants may name folders under this one (None: none)
-    models_dir: Path | None = None
+    # where installed base models live (mpnet-base; app/engine/mpnet.py reads the same variable);
+    # besides the registered ids, tenants may name folders under it (None: none)
+    models_dir: Path | None = Path.home() / ".kilotask" / "models"
     allow_hub: bool = False  # tenants may name hub ids (downloaded on first use)
     max_upload_mb: float = Field(default=50.0, gt=0)  # a data set or task file upload
     max_body_mb: float = Field(default=8.0, gt=0)  # any other request body (JSON)

@@ -24,9 +24,17 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def models_dir(tmp_path_factory) -> Path:
-    """Tests build their tiny models under pytest's temporary folder: the service may serve
-    folders under it (KILOTASK_MODELS_DIR; servers the tests start inherit it)."""
+    """Tests build their tiny models under pytest's temporary folder, so that folder becomes
+    the models folder (KILOTASK_MODELS_DIR, which the service lets tenants name folders under;
+    servers the tests start inherit it). The installed models (mpnet-base) are linked into it,
+    so the tests that use them still find them."""
+    installed = Path(os.environ.get("KILOTASK_MODELS_DIR", Path.home() / ".kilotask" / "models"))
     root = tmp_path_factory.getbasetemp()
+    if installed.is_dir():
+        for entry in installed.iterdir():
+            link = root / entry.name
+            if not link.exists():
+                link.symlink_to(entry.resolve())
     os.environ["KILOTASK_MODELS_DIR"] = str(root)
     return root
 
