@@ -171,7 +171,9 @@ def test_writes_made_while_the_database_is_down_are_kept_for_the_next(settings, 
     reporter.on_step(10, 10, 0.1)
     with Session(get_engine(settings)) as session:
         steps = session.scalars(
-            select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "progress")
+            select(JobEvent.data)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "progress")
+            .order_by(JobEvent.id)  # in the order written (without it PostgreSQL may not keep it)
         ).all()
     assert [e["step"] for e in steps] == [1, 2, 10]
 
