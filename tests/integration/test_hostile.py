@@ -26,6 +26,7 @@ from safetensors.torch import save as st_save
 from app.main import create_app
 from tests.factories import sentiment_rows
 from tests.integration.conftest import new_key
+from tests.integration.services import free_port
 from tests.integration.test_jobs_api import make_task_bytes
 
 pytestmark = pytest.mark.integration
@@ -58,9 +59,7 @@ def slowest_health_check_during(url: str, work) -> tuple[float, object]:
 def serving(settings):
     """`uvicorn app.main:app` in its own process (as deployed: its threads do not share the
     test's interpreter) on a free loopback port: (url, key headers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", KILOTASK_DATA_DIR=str(settings.data_dir),
                KILOTASK_DATABASE_URL=settings.database_url,
                KILOTASK_MAX_UPLOAD_MB=str(settings.max_upload_mb),
@@ -87,8 +86,8 @@ def serving(settings):
 
 @pytest.fixture()
 def roomy(settings):
-    """A server that takes a 10 MB, 200,000-row upload."""
-    with serving(settings.model_copy(update={"max_upload_mb": 20.0, "max_rows": 10**6})) as up:
+    """A server that takes an 18 MB, 400,000-row upload."""
+    with serving(settings.model_copy(update={"max_upload_mb": 40.0, "max_rows": 10**6})) as up:
         yield up
 
 
@@ -107,15 +106,16 @@ def test_a_50000_column_csv_is_refused_at_once_and_health_stays_fast(roomy):
 
 
 def test_a_large_upload_is_parsed_off_the_event_loop(roomy):
-    """Parsing 200,000 rows takes about a second; /healthz answers meanwhile (it waited for the
-    whole parse when the route parsed on the event loop)."""
+    """Parsing 400,000 rows takes about two seconds; /healthz answers meanwhile (it waited for
+    the whole parse when the route parsed on the event loop). The bound is 1 s, not 0.5: with
+    PostgreSQL, storing the 18 MB upload slowed one answer to 0.55 s on a quiet machine."""
     url, auth = roomy
-    rows = "".join(f"sentence number {i} with some words\t{i % 2}\n" for i in range(200_000))
+    rows = "".join(f"sentence number {i} with some words\t{i % 2}\n" for i in range(400_000))
     content = ("sentence\tlabel\n" + rows).encode()
     slowest, r = slowest_health_check_during(url, lambda: upload(url, auth, "big.tsv", content))
     assert r.status_code == 201, r.text
-    assert r.json()["rows"] == 200_000
-    assert slowest < 0.5, slowest
+    assert r.json()["rows"] == 400_000
+    assert slowest < 1.0, slowest
 
 
 def test_deeply_nested_jsonl_is_a_clear_422(client, auth):
@@ -130,9 +130,7 @@ def live(settings):
     checks below time seconds, not milliseconds: no need for a process of its own)."""
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -357,9 +355,7 @@ def test_serve_keeps_its_secrets_private_and_out_of_its_log(tmp_path):
     """The first key was printed in the log, and api_key and kilotask.db were 0644 in a 0755
     folder."""
     data, log = tmp_path / "data", tmp_path / "serve.log"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, KILOTASK_DATA_DIR=str(data), HF_HUB_OFFLINE="1")
     for name in ("KILOTASK_DATABASE_URL", "KILOTASK_BROKER_URL"):
         env.pop(name, None)
