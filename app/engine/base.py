@@ -152,6 +152,9 @@ class BaseModel:
     tokenizer: object
     seeded: frozenset[str]  # parameter names whose initial values come from the seed
     digest: str
+    # seeded names the checkpoint does hold, under another shape (its own head): a base with
+    # any cannot be re-headed for another label count without reading the checkpoint again
+    mismatched: frozenset[str] = frozenset()
 
     @property
     def num_parameters(self) -> int:
@@ -188,11 +191,13 @@ def load_base(model_id: str, num_labels: int, seed: int) -> BaseModel:
         raise ModelNotFoundError(f"cannot load model '{model_id}' from {path}: {exc}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-    seeded = frozenset(info["missing_keys"]) | frozenset(k[0] for k in info["mismatched_keys"])
+    mismatched = frozenset(k[0] for k in info["mismatched_keys"])
+    seeded = frozenset(info["missing_keys"]) | mismatched
     seeded_init_(model, seeded, seed)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return BaseModel(model_id, path, model, tokenizer, seeded, _cached_digest(path, model, seeded))
+    digest = _cached_digest(path, model, seeded)
+    return BaseModel(model_id, path, model, tokenizer, seeded, digest, mismatched)
 
 
 # Model types whose position ids start at padding_idx + 1 (RoBERTa's scheme), so that only

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from app.engine.base import canonical_names
+from app.engine.base import BaseModel, canonical_names
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,34 @@ def bind(skel: nn.Module, layout: FlatLayout, flat: torch.Tensor) -> nn.Module:
         for name, view in zip(layout.names, layout.split(flat), strict=True)
     }
     return copy.deepcopy(skel, memo).to(flat.device).eval()
+
+
+def relabelled_skeleton(base: BaseModel, num_labels: int) -> nn.Module | None:
+    """A skeleton (see `skeleton`) of `base`'s classifier with a head of `num_labels` outputs,
+    built from its config without reading the checkpoint, so that one loaded body serves every
+    label count. None when that would not give the model `load_base` gives: the checkpoint
+    holds a head of its own (its shape decides whether it loads), or another head changes more
+    than the seeded parameters."""
+    model = base.model
+    if num_labels == model.config.num_labels:
+        return skeleton(model)
+    if base.mismatched:
+        return None
+    config = copy.deepcopy(model.config)
+    config.num_labels = num_labels
+    with torch.device("meta"):
+        other = type(model)(config)
+    ours = dict(model.named_parameters())
+    theirs = dict(other.named_parameters())
+    changed = {n for n, p in theirs.items() if n not in ours or ours[n].shape != p.shape}
+    if theirs.keys() != ours.keys() or not changed <= base.seeded:
+        return None
+    buffers = dict(model.named_buffers())
+    for name, meta in list(other.named_buffers()):
+        if name not in buffers or buffers[name].shape != meta.shape:
+            return None
+        owner, _, leaf = name.rpartition(".")
+        other.get_submodule(owner)._buffers[leaf] = buffers[name]  # the body's, not meta
+    for p in other.parameters():
+        p.requires_grad_(False)
+    return other.eval()

@@ -21,14 +21,15 @@ from app.engine.spec import SPEC_VERSION
 from app.engine.subspace import SubspaceConfig, projected_dim
 
 
-def check_compatible(base: BaseModel, task: TaskArtifact) -> None:
-    """Raise BaseModelMismatchError unless `base` is exactly the weights `task` was trained on."""
+def check_compatible(base: BaseModel, task: TaskArtifact, D: int | None = None) -> None:
+    """Raise BaseModelMismatchError unless `base` is exactly the weights `task` was trained on.
+    `D`: the parameter count with the task's head, where `base` was loaded with another."""
     if base.digest != task.base_digest:
         raise BaseModelMismatchError(
             f"task was trained on base '{task.model}' with digest {task.base_digest[:12]}…, but "
             f"'{base.model_id}' has digest {base.digest[:12]}…: use the same base weights"
         )
-    D = base.num_parameters
+    D = base.num_parameters if D is None else D
     if D != task.D:
         raise BaseModelMismatchError(f"task expects D={task.D} parameters, this base has {D}")
 

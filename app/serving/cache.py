@@ -1,12 +1,13 @@
 """Materialised tasks, rebuilt from their vectors on first use and kept under a memory budget.
 
-The base is loaded from disk once per (model, number of labels) and kept as one flat θ_0; the
-loaded module's parameters are views of it (one copy of the base's weights). A task owns one
-flat buffer of D floats: a rebuild copies θ_0 into it, seeds the task's head and adds λ·P(θ_d)
-in place (never a projection per request). When the budget is full, the least recently used
-unpinned task that no request is using gives its buffer to the newcomer, so a churning cache
-allocates nothing. Entries are keyed by the task's content digest, so a changed task can never be
-served from a stale entry.
+The base is loaded from disk once per model, whatever the label counts of its tasks, and kept as
+one flat θ_0; the loaded module's parameters are views of it (one copy of the base's weights). A
+task owns one flat buffer of D floats (D counts its own head): a rebuild copies the body's
+weights from θ_0 into it, seeds the task's head and adds λ·P(θ_d) in place (never a projection
+per request). Another label count costs a layout and a meta-device skeleton, not a copy.
+When the budget is full, the least recently used unpinned task that no request is using gives
+its buffer to the newcomer, so a churning cache allocates nothing. Entries are keyed by the
+task's content digest, so a changed task can never be served from a stale entry.
 
 The budget counts every task buffer alive: resident tasks (in use or not) and buffers being
 built. A task in use by a batch is never evicted, so no evicted buffer outlives its entry. A
@@ -31,7 +32,15 @@ from torch import nn
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import NO_POSITION_LIMIT, BaseModel, load_base, position_limit, seeded_init_
-from app.engine.flat import FlatLayout, bind, flatten, layout_of, share_, skeleton
+from app.engine.flat import (
+    FlatLayout,
+    bind,
+    flatten,
+    layout_of,
+    relabelled_skeleton,
+    share_,
+    skeleton,
+)
 from app.engine.reconstruct import add_task_delta_, check_compatible
 from app.errors import ConflictError, ServiceBusyError
 from app.serving.tally import Tally
@@ -54,15 +63,51 @@ class CacheStats:
 
 @dataclass
 class _Base:
+    """One model's pretrained weights, loaded once."""
+
     loaded: BaseModel
     layout: FlatLayout
     theta0: torch.Tensor  # (D,) on the serving device; loaded.model's parameters are views of it
-    skeleton: nn.Module  # parameters on the meta device
     max_tokens: int  # position_limit of the model: no input is tokenized longer
 
     @property
     def nbytes(self) -> int:
         return self.theta0.numel() * self.theta0.element_size()
+
+
+@dataclass
+class _Shape:
+    """How a task buffer of one label count is laid out, and filled from its model's θ_0."""
+
+    base: _Base
+    layout: FlatLayout  # D counts this label count's head
+    skeleton: nn.Module  # parameters on the meta device
+    copies: list[tuple[int, int, int]]  # (offset in the buffer, offset in θ_0, length)
+
+    def fill_(self, flat: torch.Tensor) -> None:
+        """The base's weights into `flat`, all but the seeded ones (the task seeds those)."""
+        for dst, src, n in self.copies:
+            flat[dst : dst + n].copy_(self.base.theta0[src : src + n])
+
+
+def _copy_runs(base: _Base, layout: FlatLayout) -> list[tuple[int, int, int]]:
+    """Contiguous runs of `layout`'s non-seeded weights and where θ_0 holds each (the names
+    sort alike, so a few runs cover the body)."""
+    where, at = {}, 0
+    for name, size in zip(base.layout.names, base.layout.sizes, strict=True):
+        where[name] = at
+        at += size
+    runs: list[list[int]] = []
+    dst = 0
+    for name, size in zip(layout.names, layout.sizes, strict=True):
+        if name not in base.loaded.seeded:
+            src = where[name]
+            if runs and runs[-1][0] + runs[-1][2] == dst and runs[-1][1] + runs[-1][2] == src:
+                runs[-1][2] += size
+            else:
+                runs.append([dst, src, size])
+        dst += size
+    return [(a, b, n) for a, b, n in runs]
 
 
 @dataclass
@@ -95,7 +140,9 @@ class TaskCache:
         self.wait_s = wait_s
         self.stats = CacheStats()
         self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self._bases: dict[BaseKey, _Base] = {}
+        self._bases: dict[str, _Base] = {}  # model id -> its weights, one copy per model
+        self._shapes: dict[BaseKey, _Shape] = {}
+        self._separate: dict[BaseKey, _Base] = {}  # bases with a head of their own, see _shape
         self._lock = threading.RLock()
         self._memory = threading.Condition(self._lock)  # notified whenever memory may be free
         self._base_lock = threading.Lock()
@@ -107,25 +154,43 @@ class TaskCache:
         self.buffers_live = 0  # task buffers allocated and not yet freed (measured, not counted)
         self.buffers_peak = 0
 
-    def _base(self, key: BaseKey) -> _Base:
+    def _load(self, model_id: str, num_labels: int) -> _Base:
+        loaded = load_base(model_id, num_labels=num_labels, seed=0)
+        layout = layout_of(loaded.model)
+        theta0 = flatten(loaded.model, layout, self.device)
+        share_(loaded.model, layout, theta0)  # one copy: the module reads θ_0 itself
+        return _Base(loaded, layout, theta0, position_limit(loaded.model, loaded.tokenizer))
+
+    def _base(self, model_id: str, num_labels: int = 2) -> _Base:
+        """The model's weights, loaded on first use (with a head of `num_labels` outputs)."""
         with self._base_lock:  # not the entry lock: resident tasks keep serving meanwhile
-            if key not in self._bases:
-                loaded = load_base(key[0], num_labels=key[1], seed=0)
-                layout = layout_of(loaded.model)
-                theta0 = flatten(loaded.model, layout, self.device)
-                share_(loaded.model, layout, theta0)  # one copy: the module reads θ_0 itself
-                limit = position_limit(loaded.model, loaded.tokenizer)
-                self._bases[key] = _Base(loaded, layout, theta0, skeleton(loaded.model), limit)
-            return self._bases[key]
+            if model_id not in self._bases:
+                self._bases[model_id] = self._load(model_id, num_labels)
+            return self._bases[model_id]
 
-    def base_model(self, model_id: str, num_labels: int = 2) -> BaseModel:
+    def _shape(self, key: BaseKey) -> _Shape:
+        """The layout of tasks with `key`'s label count, on the model's one copy of weights. A
+        checkpoint that holds a head of its own (rare: its shape decides what loads) gets a
+        base per label count, as `load_base` would give."""
+        base = self._base(*key)
+        with self._base_lock:
+            if key not in self._shapes:
+                skel = relabelled_skeleton(base.loaded, key[1])
+                if skel is None:
+                    base = self._separate.setdefault(key, self._load(*key))
+                    skel = skeleton(base.loaded.model)
+                layout = layout_of(skel)
+                self._shapes[key] = _Shape(base, layout, skel, _copy_runs(base, layout))
+            return self._shapes[key]
+
+    def base_model(self, model_id: str) -> BaseModel:
         """The loaded base (pristine weights) for `model_id`, shared with the lowrank pool."""
-        return self._base((model_id, num_labels)).loaded
+        return self._base(model_id).loaded
 
-    def _new_buffer(self, like: torch.Tensor) -> torch.Tensor:
+    def _new_buffer(self, D: int) -> torch.Tensor:
         """A task buffer, counted as live until it is freed (measured by a finalizer, so the
         count is the memory actually held, whatever holds it)."""
-        flat = torch.empty_like(like)
+        flat = torch.empty(D, device=self.device)
         with self._buffers_lock:
             self.buffers_live += 1
             self.buffers_peak = max(self.buffers_peak, self.buffers_live)
@@ -139,22 +204,23 @@ class TaskCache:
     def _build(self, task: TaskArtifact, key: BaseKey, pin: bool) -> Entry:
         """The task's entry, in a buffer reserved under the budget (see `_reserve`); the caller
         moves the reservation to the resident bytes when it stores the entry."""
-        base = self._base(key)
-        check_compatible(base.loaded, task)  # before any work: never mix digests
-        spare = self._reserve(base.nbytes, key, pin)
+        shape = self._shape(key)
+        base, nbytes = shape.base, shape.layout.D * shape.base.theta0.element_size()
+        check_compatible(base.loaded, task, shape.layout.D)  # before any work: never mix digests
+        spare = self._reserve(nbytes, key, pin)
         try:
             if spare is None:
-                flat = self._new_buffer(base.theta0)
-                model = bind(base.skeleton, base.layout, flat)
+                flat = self._new_buffer(shape.layout.D)
+                model = bind(shape.skeleton, shape.layout, flat)
             else:
                 flat, model = spare.flat, spare.model  # the evicted task's buffer
                 self.stats.recycled += 1
-            flat.copy_(base.theta0)
+            shape.fill_(flat)
             seeded_init_(model, base.loaded.seeded, task.seed)  # the task's own head, in place
-            add_task_delta_(flat, task, base.layout)
+            add_task_delta_(flat, task, shape.layout)
         except BaseException:
             with self._memory:
-                self._unreserve(base.nbytes, pin)
+                self._unreserve(nbytes, pin)
             raise
         return Entry(model, base.loaded.tokenizer, flat, key, max_tokens=base.max_tokens)
 
@@ -332,9 +398,13 @@ class TaskCache:
                 "buffers_live": self.buffers_live,
                 "buffers_peak": self.buffers_peak,
                 "mean_rebuild_ms": 1e3 * self.stats.rebuild_seconds.mean,
-                "bases": [f"{m}:{k}" for m, k in self._bases],
-                "bases_mb": sum(b.nbytes for b in self._bases.values()) / 2**20,
+                "bases": sorted(self._bases) + [f"{m}:{k}" for m, k in self._separate],
+                "label_counts": sorted(f"{m}:{k}" for m, k in self._shapes),
+                "bases_mb": sum(b.nbytes for b in self._all_bases()) / 2**20,
             }
+
+    def _all_bases(self) -> list[_Base]:
+        return list(self._bases.values()) + list(self._separate.values())
 
     def contains(self, digest: str) -> bool:
         return digest in self._entries

@@ -473,3 +473,26 @@ def test_only_an_admin_key_sees_every_tenants_resident_tasks(client, settings, a
     assert [t["digest"] for t in seen["cache"]["resident_tasks"]] == [r.json()["digest"]]
     other = client.get("/v1/serving", headers=new_key(settings)).json()
     assert other["cache"]["resident_tasks"] == []
+
+
+def test_tasks_with_many_label_counts_share_one_base(client, settings, auth, tiny_bert):
+    """1 KB task files with 3, 4, 5, 6, 7 and 300 labels each loaded another copy of the base,
+    never freed and never counted: the loaded bases grew from 87 MB to 636 MB on MiniLM."""
+    from app.db.session import session_factory
+    from app.engine.base import load_base
+    from app.records.keys import create_key
+    from tests.factories import make_task
+
+    for count in (3, 4, 5, 6, 7, 300):
+        base = load_base(str(tiny_bert), count, 0)
+        data = make_task(str(tiny_bert), base, labels=[f"c{i}" for i in range(count)]).to_bytes()
+        r = client.post("/v1/tasks", files={"file": ("t.safetensors", data)}, headers=auth)
+        infer = {"inputs": [{"task": r.json()["id"], "text": "nice"}]}
+        assert client.post("/v1/infer", json=infer, headers=auth).status_code == 200, r.text
+        if count == 3:
+            first = client.get("/v1/serving", headers=auth).json()
+    with session_factory(settings)() as session:
+        _, key = create_key(session, "operators", admin=True)
+    seen = client.get("/v1/serving", headers={"Authorization": f"Bearer {key}"}).json()["cache"]
+    assert seen["bases"] == [str(tiny_bert)] and len(seen["label_counts"]) == 6
+    assert seen["bases_mb"] == first["cache"]["bases_mb"]

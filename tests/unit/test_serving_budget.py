@@ -12,6 +12,7 @@ import torch
 from app.engine.base import load_base
 from app.errors import ConflictError, ServiceBusyError
 from app.serving.cache import TaskCache
+from tests.factories import make_task
 from tests.unit.test_serving_cache import tasks_for
 
 ONE = 0.09  # MB: room for one tiny task (0.081 MB each)
@@ -125,7 +126,7 @@ def test_a_base_is_held_once(tiny_bert):
     (task,) = tasks_for(tiny_bert, 1)
     cache = TaskCache(budget_mb=1)
     cache.get(task)
-    base = cache._bases[(str(tiny_bert), 2)]
+    base = cache._bases[str(tiny_bert)]
     theta0 = base.theta0
     lo = theta0.data_ptr()
     hi = lo + theta0.numel() * theta0.element_size()
@@ -154,7 +155,7 @@ def test_rebuilds_on_the_shared_base_equal_reconstruct_bitwise(tiny_bert):
     tasks = tasks_for(tiny_bert, 2)
     cache = TaskCache(budget_mb=ONE)
     base = cache.base_model(str(tiny_bert))
-    theta0 = cache._bases[(str(tiny_bert), 2)].theta0.clone()
+    theta0 = cache._bases[str(tiny_bert)].theta0.clone()
     for task in tasks:  # the second one recycles the first one's buffer
         got = dict(cache.get(task).model.named_parameters())
         want = dict(reconstruct(load_base(str(tiny_bert), 2, task.seed), task).named_parameters())
@@ -162,7 +163,7 @@ def test_rebuilds_on_the_shared_base_equal_reconstruct_bitwise(tiny_bert):
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
     assert cache.stats.recycled == 1
-    assert torch.equal(cache._bases[(str(tiny_bert), 2)].theta0, theta0)
+    assert torch.equal(cache._bases[str(tiny_bert)].theta0, theta0)
     assert base is cache.base_model(str(tiny_bert))
 
 
@@ -183,3 +184,50 @@ def test_lowrank_pins_are_capped_by_their_budget(tiny_bert):
     assert pool.unpin(t1.digest)
     pool.factors(t2, pin=True)
     assert pool.describe()["pinned"] == 1
+
+
+def test_one_base_serves_every_label_count(tiny_bert):
+    """Tasks with 2, 3, 7 and 40 labels share ONE copy of the base's weights (issue 23 item 4:
+    each label count used to load another copy, never freed or counted), and each still equals
+    `reconstruct` on a base loaded with its own head."""
+    from app.engine.reconstruct import reconstruct
+
+    model = str(tiny_bert)
+    cache = TaskCache(budget_mb=ONE * 8)
+    sizes = []
+    for count in (2, 3, 7, 40):
+        labels = [f"c{i}" for i in range(count)]
+        task = make_task(model, load_base(model, count, 0), labels=labels, seed=count)
+        got = dict(cache.get(task).model.named_parameters())
+        want = dict(reconstruct(load_base(model, count, task.seed), task).named_parameters())
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+        sizes.append(cache.describe()["bases_mb"])
+    assert list(cache._bases) == [model] and not cache._separate
+    assert len(set(sizes)) == 1  # the bases' memory did not grow with the label counts
+    assert cache.describe()["label_counts"] == [f"{model}:{c}" for c in (2, 3, 40, 7)]
+
+
+def test_a_checkpoint_with_its_own_head_keeps_it(tiny_bert, tmp_path):
+    """A checkpoint that holds a 2-label head loads it for 2-label tasks and seeds a new one
+    for 3 labels: the shared body must not give either task the other's head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.engine.reconstruct import reconstruct
+
+    folder = tmp_path / "with-head"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).save_pretrained(
+        folder
+    )
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    model = str(folder)
+    cache = TaskCache(budget_mb=ONE * 4)
+    for count in (3, 2):
+        labels = [f"c{i}" for i in range(count)]
+        task = make_task(model, load_base(model, count, 0), labels=labels, seed=5)
+        got = dict(cache.get(task).model.named_parameters())
+        want = dict(reconstruct(load_base(model, count, task.seed), task).named_parameters())
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    assert len(cache._separate) == 1  # the 2-label head comes from the checkpoint: loaded apart
