@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import ResourceRef
 from app.schemas.jobs import (
+    BATCH_DOC,
+    MAX_BATCH_TOKENS,
     MAX_STORED_SEED,
     SAID_GROUPS_DOC,
     SEED_DOC,
@@ -14,8 +16,11 @@ from app.schemas.jobs import (
     Metric,
     SaidGroups,
     TaskType,
+    check_batch_tokens,
     method_options,
 )
+
+Rate = Annotated[float, Field(gt=0, le=10)]
 
 
 class D90Create(BaseModel):
@@ -37,14 +42,14 @@ class D90Create(BaseModel):
         "fp32", description="every run's precision (fp32, the default, or bf16 on CUDA)"
     )
     seed: int = Field(0, ge=0, le=MAX_STORED_SEED, description=SEED_DOC)
-    min_d: int = Field(10, ge=1, le=2**31 - 1)
-    max_d: int = Field(100_000, ge=2, le=2**31 - 1)
+    min_d: int = Field(10, ge=1, le=2**31 - 2, description="the smallest d tried; below max_d")
+    max_d: int = Field(100_000, ge=2, le=2**31 - 1, description="the largest d tried")
     sweep_points: int = Field(5, ge=2, le=50)
     tolerance: float = Field(
         0.1, gt=0, le=10, description="stop bisecting when hi/lo <= 1 + tolerance (10 %)"
     )
     threshold: float = Field(0.9, gt=0, le=1)
-    lr_grid: list[float] = Field(
+    lr_grid: list[Rate] = Field(
         [0.02, 0.05, 0.1, 0.2],
         min_length=1,
         max_length=10,
@@ -57,10 +62,15 @@ class D90Create(BaseModel):
         description="seeds for a d whose metric lies within one standard error of the bar; "
         "it passes on their mean",
     )
-    full_lr_grid: list[float] = Field([2e-5, 5e-5], min_length=1, max_length=10)
+    full_lr_grid: list[Rate] = Field([2e-5, 5e-5], min_length=1, max_length=10)
     budget_steps: int = Field(200, ge=1, le=1_000_000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    max_length: int = Field(128, ge=8, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description=BATCH_DOC)
+    max_length: int = Field(
+        128,
+        ge=8,
+        le=4096,
+        description=f"tokens per input; batch_size x max_length at most {MAX_BATCH_TOKENS:,}",
+    )
     task: TaskType | None = Field(None, description=TASK_DOC)
     metric: Metric | None = Field(
         None, description="accuracy (default), f1, mcc; regression: pearson (default), spearman"
@@ -87,8 +97,7 @@ class D90Create(BaseModel):
     def _range(self) -> D90Create:
         if self.min_d >= self.max_d:
             raise ValueError("min_d must be smaller than max_d")
-        if any(lr <= 0 or lr > 10 for lr in self.lr_grid + self.full_lr_grid):
-            raise ValueError("learning rates must be in (0, 10]")
+        check_batch_tokens(self.batch_size, self.max_length)
         return self
 
 

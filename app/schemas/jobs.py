@@ -34,6 +34,16 @@ def method_options(body) -> dict:
 
 
 MAX_BATCH_TOKENS = 65_536  # batch_size x max_length: one step's activations stay bounded
+BATCH_DOC = f"inputs per step; batch_size x max_length at most {MAX_BATCH_TOKENS:,} tokens"
+
+
+def check_batch_tokens(batch_size: int, max_length: int) -> None:
+    """One step's activations stay bounded, whatever the two fields' own ranges allow."""
+    if batch_size * max_length > MAX_BATCH_TOKENS:
+        raise ValueError(
+            f"batch_size x max_length is {batch_size * max_length:,} tokens per "
+            f"step; at most {MAX_BATCH_TOKENS:,} (for example 128 x 512): lower one"
+        )
 
 
 class Hyperparameters(BaseModel):
@@ -57,13 +67,14 @@ class Hyperparameters(BaseModel):
         description="stop after this many evaluations in a row without a better metric "
         "(the best state is kept); 0: never stop early",
     )
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096, description=BATCH_DOC)
     max_length: int = Field(
         128,
         ge=8,
         le=4096,
         description="tokens per input, at most the model's own limit "
-        "(GET /v1/models: max_length, 512 for the registered models)",
+        "(GET /v1/models: max_length, 512 for the registered models); batch_size x "
+        f"max_length at most {MAX_BATCH_TOKENS:,}",
     )
     eval_every: int | None = Field(None, ge=1, le=10_000_000)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
@@ -84,11 +95,7 @@ class Hyperparameters(BaseModel):
     def _one_budget(self) -> Hyperparameters:
         if self.epochs is not None and self.max_steps is not None:
             raise ValueError("give either epochs or max_steps, not both")
-        if self.batch_size * self.max_length > MAX_BATCH_TOKENS:
-            raise ValueError(
-                f"batch_size x max_length is {self.batch_size * self.max_length:,} tokens per "
-                f"step; at most {MAX_BATCH_TOKENS:,} (for example 128 x 512): lower one"
-            )
+        check_batch_tokens(self.batch_size, self.max_length)
         return self
 
 

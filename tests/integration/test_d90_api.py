@@ -19,7 +19,9 @@ def search_body(model, ds, **kw):
     "change, fragment",
     [
         ({"min_d": 500, "max_d": 400}, "min_d must be smaller"),
-        ({"lr_grid": [0]}, "learning rates"),
+        ({"lr_grid": [0]}, "lr_grid.0: Input should be greater than 0"),
+        ({"full_lr_grid": [11]}, "full_lr_grid.0: Input should be less than or equal to 10"),
+        ({"batch_size": 4096, "max_length": 4096}, "at most 65,536"),
         ({"method": "full"}, "said"),
         ({"min_d": 1, "max_d": 4}, "no d to search"),  # SAID: d > m (4 here)
         ({"eval_dataset": "dataset_nope"}, "not found"),
