@@ -15,9 +15,12 @@ import torch
 from app.engine.artifact import TaskArtifact
 from app.engine.base import BaseModel, position_limit
 from app.engine.lowrank import LowRankFactors, MixedLowRankModel, config_of, output_rows
+from app.engine.lowrank.seed_cache import SeedCache
 from app.engine.reconstruct import settings_of
 from app.errors import ConflictError
 from app.serving.cache import TOKENIZER_LOCK, CacheStats
+
+SEED_SHARE = 0.25  # of KILOTASK_SERVING_LOWRANK_CACHE_MB for tensors that depend on a seed only
 
 
 @dataclass
@@ -35,7 +38,9 @@ class LowRankPool:
 
     def __init__(self, budget_mb: float, base_of, device: str = "cpu") -> None:
         self.budget_mb = budget_mb  # as configured, for messages
-        self.budget = int(budget_mb * 2**20)
+        # seeds' A and seeded head weights take a share of the budget, the factors the rest
+        self.seeds = SeedCache(int(budget_mb * 2**20 * SEED_SHARE))
+        self.budget = int(budget_mb * 2**20) - self.seeds.max_bytes
         self.device = device
         self._base_of = base_of  # model id -> BaseModel (shared with the dense cache)
         self._servers: dict[str, MixedLowRankModel] = {}
@@ -51,7 +56,7 @@ class LowRankPool:
             if model_id not in self._servers:
                 base: BaseModel = self._base_of(model_id)
                 self.max_tokens[model_id] = position_limit(base.model, base.tokenizer)
-                self._servers[model_id] = MixedLowRankModel(base, self.device)
+                self._servers[model_id] = MixedLowRankModel(base, self.device, self.seeds)
             return self._servers[model_id]
 
     def factors(self, task: TaskArtifact, pin: bool = False) -> LowRankFactors:
@@ -121,7 +126,9 @@ class LowRankPool:
         with self._lock:
             n = len(self._entries)
             return {
-                "budget_mb": self.budget / 2**20,
+                "budget_mb": self.budget_mb,
+                "factors_budget_mb": self.budget / 2**20,
+                **self.seeds.describe(),
                 "resident_tasks": n,
                 "resident_mb": self._bytes / 2**20,
                 "mean_task_kb": self._bytes / n / 1024 if n else 0.0,

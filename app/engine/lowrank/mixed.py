@@ -1,11 +1,13 @@
 """One base classifier answering rows of many lowrank tasks in ONE forward pass.
 
 Every target layer runs its base GEMM once for the whole batch, then adds each row's own
-low-rank correction: z = x·A_allᵀ (one GEMM over the seeds in the batch; A is shared by all
-tasks of a seed), then a batched matmul of z with each row's gathered λ·B (a per-row gather, as
-Punica's BGMV). Head layers (the seeded ones) use each row's own weights, padded to the largest
-label count in the batch; a head's hidden dense layer in lowrank-v2 uses the seeded weight of
-its seed (shared by every task of that seed) plus each row's low-rank correction. The base
+low-rank correction, seed by seed: for the rows of one seed, z = x·Aᵀ (A is shared by all tasks
+of a seed), then a batched matmul of z with each row's gathered λ·B (a per-row gather, as
+Punica's BGMV), so a row pays for its own seed's rank only, however many seeds share the batch.
+Head layers (the seeded ones) apply each task's own weights to that task's rows, in place (no
+per-row copies of a head); a head's hidden dense layer in lowrank-v2 uses the seeded weight of
+its seed (shared by every task of that seed) plus each row's low-rank correction. Seed-derived
+tensors (A, seeded head weights) live in a SeedCache under a byte cap. The base
 weights are never written, so model workers on several threads share one model; each thread's
 batch lives in a thread-local context.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -33,8 +34,9 @@ from app.engine.lowrank.layout import (
     seeded_a,
     task_factors,
 )
+from app.engine.lowrank.seed_cache import SeedCache
 
-SEEDED_WEIGHTS_KEPT = 8  # head-target base weights (hidden × hidden) kept, one per seed and layer
+SEED_CACHE_BYTES = 256 * 2**20  # a model's own cap when no cache is shared with it (serving's is)
 
 
 @dataclass
@@ -68,11 +70,22 @@ class LowRankFactors:
 
 
 @dataclass
+class _Rows:
+    """Rows of one target layer that share a seed: A of that seed (at the group's largest rank)
+    and each row's λ·B, zero-padded to that rank. `rows` None: every row of the batch; a 2-D `b`
+    (out, R): one task answers every row."""
+
+    rows: torch.Tensor | None
+    a: torch.Tensor  # (R, in)
+    b: torch.Tensor  # (n, out, R), or (out, R)
+
+
+@dataclass
 class _Batch:
     """What the hooks read for one forward: per target and head module, what to add."""
 
-    targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]]  # name -> (A_all, B, per_row)
-    heads: dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]  # name -> (W, bias, per_row)
+    targets: dict[str, list[_Rows]]  # name -> its rows, seed by seed
+    heads: dict[str, list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]]]
     # head modules some row moves at rank r: name -> [(row indices, how those rows compute)]
     head_targets: dict[str, list[tuple[torch.Tensor, _HeadRows]]] = field(default_factory=dict)
 
@@ -92,7 +105,12 @@ class MixedLowRankModel:
     """Serves lowrank tasks of one base (any label count, seed, rank and targets) from
     `base.model`, whose own weights are never modified."""
 
-    def __init__(self, base: BaseModel, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        base: BaseModel,
+        device: str | torch.device = "cpu",
+        seed_cache: SeedCache | None = None,
+    ) -> None:
         self.base = base
         self.device = torch.device(device)
         self.model = base.model.to(self.device).eval()
@@ -101,9 +119,8 @@ class MixedLowRankModel:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._hooked: set[str] = set()
-        self._a: dict[tuple[int, str], torch.Tensor] = {}  # (seed, target) -> A at the max rank
+        self.seeds = SeedCache(SEED_CACHE_BYTES) if seed_cache is None else seed_cache
         self._layouts: dict[tuple, LowRankLayout] = {}
-        self._seeded: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()  # LRU
         self._skeletons: dict[int, nn.Module] = {}  # label count -> meta-device classifier
 
     # ---- rebuilding a task -------------------------------------------------------------------
@@ -190,27 +207,21 @@ class MixedLowRankModel:
                     self._hooked.add(module_name)
 
     def _seeded_weight(self, seed: int, target: Target) -> torch.Tensor:
-        """A head target's seeded weight for `seed`: shared by every task of that seed, the
-        last SEEDED_WEIGHTS_KEPT kept (2.4 MB each on mpnet-base, so not one per task)."""
-        key = (seed, target.name)
-        with self._lock:
-            w = self._seeded.get(key)
-            if w is not None:
-                self._seeded.move_to_end(key)
-                return w
+        """A head target's seeded weight for `seed`: shared by every task of that seed (2.4 MB
+        on mpnet-base, so not one per task), kept in the seed cache."""
         shape = (target.out_features, target.in_features)
-        w = seeded_value(target.name + ".weight", shape, seed, self._std).to(self.device)
-        with self._lock:
-            self._seeded[key] = w
-            while len(self._seeded) > SEEDED_WEIGHTS_KEPT:
-                self._seeded.popitem(last=False)
-        return w
+        return self.seeds.get(
+            (id(self), "w", seed, target.name),
+            lambda: seeded_value(target.name + ".weight", shape, seed, self._std).to(self.device),
+        )
 
     def _a_of(self, seed: int, target: Target, rank: int) -> torch.Tensor:
-        key = (seed, target.name)
-        a = self._a.get(key)
-        if a is None or a.shape[0] < rank:  # the first r rows of a larger A are rank r's
-            a = self._a[key] = seeded_a(seed, target, rank).to(self.device)
+        """A of `seed` for `target`, its first `rank` rows (those are rank r's A)."""
+        a = self.seeds.get(
+            (id(self), "a", seed, target.name),
+            lambda: seeded_a(seed, target, rank).to(self.device),
+            enough=lambda found: found.shape[0] >= rank,
+        )
         return a[:rank]
 
     # ---- one mixed forward -------------------------------------------------------------------
@@ -233,33 +244,47 @@ class MixedLowRankModel:
                 uniq[id(f)] = len(tasks)
                 tasks.append(f)
             index.append(uniq[id(f)])
-        idx = torch.tensor(index, device=self.device)
-        single = len(tasks) == 1
-        targets: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
-        same = all(f.layout.targets == tasks[0].layout.targets for f in tasks) and all(
-            (f.seed, f.layout.rank, f.b.numel())
-            == (tasks[0].seed, tasks[0].layout.rank, tasks[0].b.numel())
-            for f in tasks
-        )
-        if single or same:
-            first = tasks[0]
-            r = first.layout.rank
-            stacked = None if single else torch.stack([f.b for f in tasks])[idx]  # (N, b_size)
-            for t in first.layout.targets:
-                a = self._a_of(first.seed, t, r)
-                if single:
-                    targets[t.name] = (a, first.b_of(t), False)
-                else:
-                    off = first.offsets[t.name]
-                    b = stacked[:, off : off + t.out_features * r].view(-1, t.out_features, r)
-                    targets[t.name] = (a, b, True)
+        if len(tasks) == 1:
+            f = tasks[0]
+            r = f.layout.rank
+            targets = {t.name: [_Rows(None, self._a_of(f.seed, t, r), f.b_of(t))]
+                       for t in f.layout.targets}  # fmt: skip
         else:
-            names = {t.name: t for f in tasks for t in f.layout.targets}
-            targets = self._slots(tasks, names, idx)
+            targets = self._seed_groups(tasks, index)
         lowrank_heads = {t.name: t for f in tasks for t in f.layout.head_targets}
-        heads = self._heads(tasks, idx, single, skip=lowrank_heads.keys())
+        heads = self._heads(tasks, index, skip=lowrank_heads.keys())
         head_targets = {name: self._head_rows(tasks, index, t) for name, t in lowrank_heads.items()}
         return _Batch(targets, heads, head_targets)
+
+    def _seed_groups(self, tasks: list[LowRankFactors], index: list[int]) -> dict[str, list[_Rows]]:
+        """Per target layer, its rows grouped by seed: each group pays its own rank only (the
+        largest among its tasks; a smaller rank's B is zero-padded)."""
+        by_seed: dict[int, list[int]] = {}
+        for u, f in enumerate(tasks):
+            by_seed.setdefault(f.seed, []).append(u)
+        names = {t.name: t for f in tasks for t in f.layout.targets}
+        has = [{t.name for t in f.layout.targets} for f in tasks]
+        out: dict[str, list[_Rows]] = {}
+        for name, t in names.items():
+            groups = []
+            for seed, members in by_seed.items():
+                members = [u for u in members if name in has[u]]
+                if not members:
+                    continue
+                rank = max(tasks[u].layout.rank for u in members)
+                if all(tasks[u].layout.rank == rank for u in members):
+                    b = torch.stack([tasks[u].b_of(t) for u in members])
+                else:
+                    b = torch.zeros(len(members), t.out_features, rank, device=self.device)
+                    for i, u in enumerate(members):
+                        b[i, :, : tasks[u].layout.rank] = tasks[u].b_of(t)
+                position = {u: i for i, u in enumerate(members)}
+                rows = [row for row, u in enumerate(index) if u in position]
+                local = torch.tensor([position[index[row]] for row in rows], device=self.device)
+                where = None if len(rows) == len(index) else torch.tensor(rows, device=self.device)
+                groups.append(_Rows(where, self._a_of(seed, t, rank), b[local]))
+            out[name] = groups
+        return out
 
     def _head_rows(
         self, tasks: list[LowRankFactors], index: list[int], target: Target
@@ -289,45 +314,25 @@ class MixedLowRankModel:
             out.append((where, _HeadRows(self._seeded_weight(key, target), bias, a, b)))
         return out
 
-    def _slots(self, tasks, names, idx) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
-        """Tasks of several seeds, ranks or target sets: one slot of columns per seed (as wide
-        as its largest rank); a row's B fills its seed's slot, zeros elsewhere."""
-        width: dict[int, int] = {}
-        for f in tasks:
-            width[f.seed] = max(width.get(f.seed, 0), f.layout.rank)
-        offset, total = {}, 0
-        for seed in sorted(width):
-            offset[seed], total = total, total + width[seed]
-        out = {}
-        for name, t in names.items():
-            a_all = torch.cat([self._a_of(s, t, width[s]) for s in sorted(width)])  # (R, in)
-            b = torch.zeros(len(tasks), t.out_features, total, device=self.device)
-            for u, f in enumerate(tasks):
-                if name in f.offsets:
-                    lo = offset[f.seed]
-                    b[u, :, lo : lo + f.layout.rank] = f.b_of(t)
-            out[name] = (a_all, b[idx], True)
-        return out
-
     def _heads(
-        self, tasks, idx, single, skip=()
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, bool]]:
+        self, tasks: list[LowRankFactors], index: list[int], skip=()
+    ) -> dict[str, list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]]]:
+        """Per head module, each task's own weight and bias with the rows it answers (None:
+        every row), applied in place by the hook: no head is copied per row."""
+        segments: dict[int, list[int]] = {}
+        for row, u in enumerate(index):
+            segments.setdefault(u, []).append(row)
         heads = {}
         module_names = {n.rsplit(".", 1)[0] for f in tasks for n in f.head} - set(skip)
         for m in module_names:
-            ws = [f.head[m + ".weight"] for f in tasks]
-            bs = [f.head.get(m + ".bias") for f in tasks]
-            if single:
-                heads[m] = (ws[0], bs[0], False)
-                continue
-            rows_max = max(w.shape[0] for w in ws)
-            w = torch.zeros(len(tasks), rows_max, ws[0].shape[1], device=self.device)
-            b = torch.zeros(len(tasks), rows_max, device=self.device)
-            for u, (wu, bu) in enumerate(zip(ws, bs, strict=True)):
-                w[u, : wu.shape[0]] = wu
-                if bu is not None:
-                    b[u, : bu.shape[0]] = bu
-            heads[m] = (w[idx], b[idx], True)
+            heads[m] = [
+                (
+                    None if len(tasks) == 1 else torch.tensor(rows, device=self.device),
+                    tasks[u].head[m + ".weight"],
+                    tasks[u].head.get(m + ".bias"),
+                )
+                for u, rows in segments.items()
+            ]
         return heads
 
     def _target_hook(self, name: str):
@@ -335,13 +340,20 @@ class MixedLowRankModel:
             batch = getattr(self._local, "batch", None)
             if batch is None or name not in batch.targets:
                 return output
-            a, b, per_row = batch.targets[name]
             x = args[0]
-            if not per_row:
-                return output + F.linear(F.linear(x, a), b)
-            z = F.linear(x, a).reshape(x.shape[0], -1, a.shape[0])  # (N, T, R)
-            corr = torch.bmm(z, b.transpose(1, 2))  # (N, T, out)
-            return output + corr.view(output.shape)
+            for g in batch.targets[name]:
+                if g.b.dim() == 2:  # one task answers every row
+                    output = output + F.linear(F.linear(x, g.a), g.b)
+                    continue
+                xs = x if g.rows is None else x.index_select(0, g.rows)
+                n = xs.shape[0]
+                z = F.linear(xs, g.a).reshape(n, -1, g.a.shape[0])  # (n, T, R)
+                corr = torch.bmm(z, g.b.transpose(1, 2)).view(n, *output.shape[1:])
+                if g.rows is None:
+                    output = output + corr
+                else:
+                    output.index_add_(0, g.rows, corr)  # a fresh tensor of this forward's
+            return output
 
         return add_rows
 
@@ -352,13 +364,16 @@ class MixedLowRankModel:
                 return _grouped_head(args[0], batch.head_targets[name])
             if batch is None or name not in batch.heads:
                 return output
-            w, b, per_row = batch.heads[name]
+            segments = batch.heads[name]
             x = args[0]
-            if not per_row:
-                return F.linear(x, w, b)
+            if segments[0][0] is None:  # one task
+                return F.linear(x, segments[0][1], segments[0][2])
             x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, in)
-            y = torch.baddbmm(b.unsqueeze(1), x3, w.transpose(1, 2))  # (N, T, C_max)
-            return y.view(*x.shape[:-1], w.shape[1])
+            width = max(w.shape[0] for _, w, _ in segments)
+            y = x3.new_zeros(x3.shape[0], x3.shape[1], width)  # padding columns stay 0
+            for rows, w, b in segments:
+                y[rows, :, : w.shape[0]] = F.linear(x3.index_select(0, rows), w, b)
+            return y.view(*x.shape[:-1], width)
 
         return rows_head
 
