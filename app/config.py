@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     serving_max_batch: int = Field(default=32, gt=0)
     serving_max_wait_ms: float = Field(default=5.0, ge=0)
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
+    # inputs waiting per base model before /v1/infer answers 503 at once; 0: 4 batches per worker
+    serving_max_queue: int = Field(default=0, ge=0)
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
     # each tenant's pins may take this share of a serving budget; all pins together 1 - share

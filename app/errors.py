@@ -43,7 +43,15 @@ class InvalidInputError(KilotaskError):
 
 
 class ServiceBusyError(KilotaskError):
+    """503: retry later; `retry_after` (seconds), where known, goes out as Retry-After."""
+
     code = "service_busy"
+
+    def __init__(
+        self, message: str, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code)
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
 
 
 class RateLimitedError(KilotaskError):

@@ -88,7 +88,7 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 503:
-            headers = {"Retry-After": str(DB_RETRY_AFTER_S)}
+            headers = {"Retry-After": str(getattr(exc, "retry_after", None) or DB_RETRY_AFTER_S)}
         if isinstance(exc, svc.RateLimitedError):
             headers = {"Retry-After": str(exc.retry_after)}
         return envelope(status, exc.code, getattr(exc, "message", str(exc)), headers)

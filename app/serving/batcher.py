@@ -13,6 +13,12 @@ Within a queue, requests are taken tenant by tenant, the tenant served longest a
 (requests arrive split into pieces of at most `max_batch` inputs): one tenant's flood of
 inputs delays another tenant's request by at most the batch already running, not by the flood.
 
+Admission: at most `max_queue` inputs wait per base model (0: four batches per worker); past
+it, a request is refused at once (ServiceBusyError, 503 with Retry-After: 1) rather than queued
+behind work the workers cannot finish in time, unless its tenant has nothing waiting for that
+model: a tenant's flood fills the queue for itself only, never refuses another tenant's first
+request (which fair picking then serves within a batch or so).
+
 One bad input never fails the others batched with it: when a batch of several inputs fails (for
 a reason that is not the task's as a whole), each input is run again alone, and only the
 requests whose own input fails get an error (InvalidInputError, 422, naming the problem)."""
@@ -37,6 +43,7 @@ from app.serving.lowrank_pool import LowRankPool, classify_mixed
 from app.serving.tally import Tally
 
 Item = tuple[str, str | None]
+QUEUED_BATCHES = 4  # default max_queue: this many full batches per worker
 log = logging.getLogger("kilotask.serving")
 
 
@@ -69,11 +76,16 @@ class MicroBatcher:
         max_wait_ms: float = 5.0,
         workers: int | None = None,
         pool: LowRankPool | None = None,
+        max_queue: int = 0,
     ) -> None:
         self.cache, self.max_batch, self.max_wait = cache, max_batch, max_wait_ms / 1000
         self.pool = pool
         self.max_delay = max(0.05, 10 * self.max_wait)  # longest a task is passed over
         self.workers = workers or default_workers(cache.device)
+        self.max_queue = max_queue or QUEUED_BATCHES * max_batch * self.workers
+        self._waiting: dict[str, int] = {}  # base model -> inputs queued, not yet taken
+        self._waiting_by: dict[tuple[str, str], int] = {}  # (base model, tenant) -> the same
+        self.refused = 0  # requests refused because their model's queue was full
         threads_each = max(1, torch.get_num_threads() // self.workers)
         self._executor = ThreadPoolExecutor(
             max_workers=self.workers,
@@ -96,7 +108,10 @@ class MicroBatcher:
         if self._loop is not loop:  # first use on this event loop: start its consumer
             self._loop, self._wakeup = loop, asyncio.Event()
             self._queues.clear()
+            self._waiting.clear()
+            self._waiting_by.clear()
             loop.create_task(self._consume())
+        self._admit(task.model, tenant, len(items))
         futures = []
         mixed = self.pool is not None and get_method(task.method).mixable
         key = f"mixed:{task.model}" if mixed else task.digest
@@ -108,6 +123,37 @@ class MicroBatcher:
             futures.append(request.future)
         self._wakeup.set()
         return torch.cat(await asyncio.gather(*futures))
+
+    @property
+    def waiting(self) -> dict[str, int]:
+        """Inputs queued per base model, not yet in a batch."""
+        return {model: n for model, n in self._waiting.items() if n}
+
+    def _admit(self, model: str, tenant: str, n: int) -> None:
+        """Count `n` more inputs of `tenant` waiting for `model`, or refuse them (503): past
+        max_queue, when this tenant already has inputs waiting there."""
+        waiting = self._waiting.get(model, 0)
+        own = self._waiting_by.get((model, tenant), 0)
+        if own and waiting + n > self.max_queue:
+            self.refused += 1
+            raise ServiceBusyError(
+                f"the server is at capacity for {model}: {waiting} inputs are waiting, {own} of "
+                f"them yours (at most {self.max_queue} in all, KILOTASK_SERVING_MAX_QUEUE); "
+                "retry in a second",
+                code="serving_queue_full",
+                retry_after=1,
+            )
+        self._waiting[model] = waiting + n
+        self._waiting_by[model, tenant] = own + n
+
+    def _taken(self, model: str, batch: list[_Request]) -> None:
+        for request in batch:
+            n = len(request.items)
+            self._waiting[model] -= n
+            key = (model, request.tenant)
+            self._waiting_by[key] -= n
+            if not self._waiting_by[key]:
+                del self._waiting_by[key]
 
     async def _consume(self) -> None:
         free = asyncio.Semaphore(self.workers)
@@ -132,6 +178,7 @@ class MicroBatcher:
         batch = self._fair_batch(queue)
         size = sum(len(request.items) for request in batch)
         queue.pending -= size
+        self._taken(queue.task.model, batch)
         if not queue.requests:
             del self._queues[digest]
         else:

@@ -32,13 +32,14 @@ class ServingRuntime:
         lowrank_budget_mb: float = 4096,
         memory_wait_s: float = MEMORY_WAIT_S,
         pin_share: float = PIN_SHARE,
+        max_queue: int = 0,
     ) -> ServingRuntime:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = TaskCache(budget_mb, device, memory_wait_s, pin_fraction=1 - pin_share)
         pool = LowRankPool(lowrank_budget_mb, cache.base_model, device)
-        batcher = MicroBatcher(cache, max_batch, max_wait_ms, workers or None, pool)
+        batcher = MicroBatcher(cache, max_batch, max_wait_ms, workers or None, pool, max_queue)
         return cls(cache, pool, batcher, PinLedger(pin_share))
 
     def pin(self, task: TaskArtifact, tenant: str) -> None:
@@ -89,4 +90,7 @@ class ServingRuntime:
             "max_batch": self.batcher.max_batch,
             "workers": self.batcher.workers,
             "max_wait_ms": self.batcher.max_wait * 1000,
+            "max_queue": self.batcher.max_queue,
+            "waiting": dict(self.batcher.waiting),
+            "refused_queue_full": self.batcher.refused,
         }

@@ -3,6 +3,7 @@ input never fails the other inputs batched with it."""
 
 import asyncio
 import dataclasses
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -188,3 +189,49 @@ def test_one_tenants_flood_delays_anothers_request_by_at_most_one_batch(tiny_ber
     where = next(i for i, texts in enumerate(batches) if "just me" in texts)
     assert where <= 1, [len(b) for b in batches]
     assert sum(len(b) for b in batches) == 41
+
+
+def test_over_the_queue_bound_requests_are_refused_at_once_and_the_rest_served(
+    tiny_bert, monkeypatch
+):
+    """20 one-input requests of one tenant at once against a queue of 8 and a slow model: 8
+    are served, 12 refused (503, Retry-After 1) before any batch finishes, each in well under
+    10 ms; another tenant's first request is still admitted while the queue is full."""
+    from app.errors import ServiceBusyError
+
+    real = batcher_module.classify_mixed
+
+    def slow(pool, tasks, items):
+        time.sleep(0.2)
+        return real(pool, tasks, items)
+
+    monkeypatch.setattr(batcher_module, "classify_mixed", slow)
+    task = make_lowrank_task(str(tiny_bert))
+    cache = TaskCache(budget_mb=1)
+    batcher = MicroBatcher(cache, max_batch=4, max_wait_ms=1, workers=1, max_queue=8,
+                           pool=LowRankPool(16, cache.base_model))  # fmt: skip
+
+    async def one(i: int):
+        start = time.perf_counter()
+        try:
+            return await batcher.submit(task, [(f"text {i}", None)], "flooder")
+        except ServiceBusyError as exc:
+            return exc, time.perf_counter() - start
+
+    async def burst():
+        flood = asyncio.gather(*(one(i) for i in range(20)))
+        await asyncio.sleep(0)
+        other = batcher.submit(task, [("someone else", None)], "another-tenant")
+        return await asyncio.gather(flood, other)
+
+    results, other = run(burst())
+    assert other.shape == (1, 2)
+    served = [r for r in results if isinstance(r, torch.Tensor)]
+    refused = [r for r in results if isinstance(r, tuple)]
+    assert len(served) == 8 and all(r.shape == (1, 2) for r in served)
+    assert len(refused) == 12 and batcher.refused == 12
+    assert all(exc.retry_after == 1 and exc.code == "serving_queue_full" for exc, _ in refused)
+    assert max(seconds for _, seconds in refused) < 0.01
+    assert batcher.waiting == {}  # every admitted input was taken
+    # once the queue drains, a request is admitted again
+    assert run(batcher.submit(task, [("again", None)])).shape == (1, 2)

@@ -43,6 +43,7 @@ def runtime(request: Request, settings):
             settings.serving_workers,
             settings.serving_lowrank_cache_mb,
             pin_share=settings.serving_pin_share,
+            max_queue=settings.serving_max_queue,
         )
     return state.serving
 
