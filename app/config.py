@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
     # inputs waiting per base model before /v1/infer answers 503 at once; 0: 4 batches per worker
     serving_max_queue: int = Field(default=0, ge=0)
+    # padded tokens per model call (rows x the longest row), besides serving_max_batch rows
+    serving_max_batch_tokens: int = Field(default=8192, gt=0)
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
     # each tenant's pins may take this share of a serving budget; all pins together 1 - share

@@ -12,6 +12,10 @@ small batches of different tasks can run side by side. On GPU one worker owns th
 Within a queue, requests are taken tenant by tenant, the tenant served longest ago first
 (requests arrive split into pieces of at most `max_batch` inputs): one tenant's flood of
 inputs delays another tenant's request by at most the batch already running, not by the flood.
+Batches are length-aware: the first request picked (the fair one) sets the length, each tenant
+then contributes its waiting request nearest to it in length (so a batch pads little), and a
+batch stops at `max_batch` inputs or at `max_batch_tokens` padded tokens, whichever comes first
+(lengths are estimated from characters before tokenizing, as a token is about four of them).
 
 Admission: at most `max_queue` inputs wait per base model (0: four batches per worker); past
 it, a request is refused at once (ServiceBusyError, 503 with Retry-After: 1) rather than queued
@@ -44,6 +48,7 @@ from app.serving.tally import Tally
 
 Item = tuple[str, str | None]
 QUEUED_BATCHES = 4  # default max_queue: this many full batches per worker
+CHARS_PER_TOKEN = 4  # English text under WordPiece/BPE: about four characters a token
 log = logging.getLogger("kilotask.serving")
 
 
@@ -58,6 +63,12 @@ class _Request:
     future: asyncio.Future
     tenant: str = ""
     arrived: float = field(default_factory=time.perf_counter)
+
+    @property
+    def tokens(self) -> int:
+        """Its longest input's estimated token count (what the batch pads each row to)."""
+        longest = max(len(text) + len(pair or "") for text, pair in self.items)
+        return min(self.task.max_length, 2 + longest // CHARS_PER_TOKEN)
 
 
 @dataclass
@@ -77,12 +88,14 @@ class MicroBatcher:
         workers: int | None = None,
         pool: LowRankPool | None = None,
         max_queue: int = 0,
+        max_batch_tokens: int = 8192,
     ) -> None:
         self.cache, self.max_batch, self.max_wait = cache, max_batch, max_wait_ms / 1000
         self.pool = pool
         self.max_delay = max(0.05, 10 * self.max_wait)  # longest a task is passed over
         self.workers = workers or default_workers(cache.device)
         self.max_queue = max_queue or QUEUED_BATCHES * max_batch * self.workers
+        self.max_batch_tokens = max_batch_tokens  # rows x the longest row's tokens, per batch
         self._waiting: dict[str, int] = {}  # base model -> inputs queued, not yet taken
         self._waiting_by: dict[tuple[str, str], int] = {}  # (base model, tenant) -> the same
         self.refused = 0  # requests refused because their model's queue was full
@@ -164,9 +177,27 @@ class MicroBatcher:
             await asyncio.sleep(self.max_wait)  # let a lone request gather company
             while self._queues:
                 await free.acquire()  # inputs arriving meanwhile join this batch
-                run = asyncio.get_running_loop().create_task(self._run(self._take()))
+                try:
+                    work = self._take()
+                except Exception:  # a bug here must not leave every caller waiting forever
+                    log.exception("the batcher could not form a batch; failing what waits")
+                    self._fail_waiting()
+                    free.release()
+                    continue
+                run = asyncio.get_running_loop().create_task(self._run(work))
                 running.add(run)
                 run.add_done_callback(lambda done: (running.discard(done), free.release()))
+
+    def _fail_waiting(self) -> None:
+        for queue in self._queues.values():
+            for request in queue.requests:
+                if not request.future.done():
+                    request.future.set_exception(
+                        ServiceBusyError("the server could not schedule this request; retry")
+                    )
+        self._queues.clear()
+        self._waiting.clear()
+        self._waiting_by.clear()
 
     def _take(self) -> tuple[_Queue, list[_Request]]:
         """Up to max_batch inputs (whole requests) of one task: the task with the most inputs
@@ -186,21 +217,30 @@ class MicroBatcher:
         return queue, batch
 
     def _fair_batch(self, queue: _Queue) -> list[_Request]:
-        """Whole requests, at most max_batch inputs: one request per tenant in turn, the tenants
-        served longest ago (or never) first, each tenant's in arrival order."""
+        """Whole requests, at most max_batch inputs and max_batch_tokens padded tokens: one
+        request per tenant in turn, the tenants served longest ago (or never) first; the first
+        is the fair tenant's oldest request, and each later pick is that tenant's request
+        nearest in length to the first (the first is always taken, whatever its size)."""
         by_tenant: dict[str, list[_Request]] = {}
         for request in queue.requests:
             by_tenant.setdefault(request.tenant, []).append(request)
         order = sorted(by_tenant, key=lambda t: self._served.get(t, -1))  # never served: first
-        batch, size, taking = [], 0, True
+        first = by_tenant[order[0]].pop(0)
+        batch, rows, longest = [first], len(first.items), first.tokens
+        taking = True
         while taking:
             taking = False
             for tenant in order:
                 waiting = by_tenant[tenant]
-                if waiting and (not batch or size + len(waiting[0].items) <= self.max_batch):
-                    request = waiting.pop(0)
-                    batch.append(request)
-                    size += len(request.items)
+                if not waiting:
+                    continue
+                at = min(range(len(waiting)), key=lambda i: abs(waiting[i].tokens - first.tokens))
+                pick = waiting[at]
+                size, padded = rows + len(pick.items), max(longest, pick.tokens)
+                if size <= self.max_batch and size * padded <= self.max_batch_tokens:
+                    del waiting[at]
+                    batch.append(pick)
+                    rows, longest = size, padded
                     taking = True
         chosen = {id(request) for request in batch}
         queue.requests = [r for r in queue.requests if id(r) not in chosen]

@@ -33,13 +33,16 @@ class ServingRuntime:
         memory_wait_s: float = MEMORY_WAIT_S,
         pin_share: float = PIN_SHARE,
         max_queue: int = 0,
+        max_batch_tokens: int = 8192,
     ) -> ServingRuntime:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = TaskCache(budget_mb, device, memory_wait_s, pin_fraction=1 - pin_share)
         pool = LowRankPool(lowrank_budget_mb, cache.base_model, device)
-        batcher = MicroBatcher(cache, max_batch, max_wait_ms, workers or None, pool, max_queue)
+        batcher = MicroBatcher(
+            cache, max_batch, max_wait_ms, workers or None, pool, max_queue, max_batch_tokens
+        )
         return cls(cache, pool, batcher, PinLedger(pin_share))
 
     def pin(self, task: TaskArtifact, tenant: str) -> None:
@@ -90,6 +93,7 @@ class ServingRuntime:
             "max_batch": self.batcher.max_batch,
             "workers": self.batcher.workers,
             "max_wait_ms": self.batcher.max_wait * 1000,
+            "max_batch_tokens": self.batcher.max_batch_tokens,
             "max_queue": self.batcher.max_queue,
             "waiting": dict(self.batcher.waiting),
             "refused_queue_full": self.batcher.refused,

@@ -235,3 +235,41 @@ def test_over_the_queue_bound_requests_are_refused_at_once_and_the_rest_served(
     assert batcher.waiting == {}  # every admitted input was taken
     # once the queue drains, a request is admitted again
     assert run(batcher.submit(task, [("again", None)])).shape == (1, 2)
+
+
+def test_length_aware_batches_pad_little_and_answer_each_row_in_order(tiny_bert, monkeypatch):
+    """16 one-input requests of two lowrank tasks, short and long texts interleaved: batches of
+    8 come out one length each (arrival order mixed them in every batch), and every row's
+    answer equals `predict_task` on that task and text alone, in input order."""
+    from app.engine.data import ColumnSpec, LabelledText
+    from app.engine.pipeline import predict_task
+
+    batches: list[list[str]] = []
+    real = batcher_module.classify_mixed
+
+    def recorded(pool, tasks, items):
+        batches.append([text for text, _ in items])
+        return real(pool, tasks, items)
+
+    monkeypatch.setattr(batcher_module, "classify_mixed", recorded)
+    tasks = [make_lowrank_task(str(tiny_bert), gen_seed=k) for k in range(2)]
+    short = [f"{w} film" for w in ("good", "bad", "dull", "fine")] * 2
+    long = [" ".join(["great plot and a very nice movie"] * 6) + f" {k}" for k in range(8)]
+    texts = [t for pair in zip(short, long, strict=True) for t in pair]
+    cache = TaskCache(budget_mb=1)
+    batcher = MicroBatcher(cache, max_batch=8, max_wait_ms=20, workers=1,
+                           pool=LowRankPool(16, cache.base_model))  # fmt: skip
+
+    async def all_at_once():
+        return await asyncio.gather(*(batcher.submit(tasks[i % 3 % 2], [(text, None)], "one")
+                                      for i, text in enumerate(texts)))  # fmt: skip
+
+    got = run(all_at_once())
+    assert sorted(len(b) for b in batches) == [8, 8]
+    for batch in batches:
+        assert len({text in long for text in batch}) == 1, batch  # one length per batch
+    for i, text in enumerate(texts):
+        task = tasks[i % 3 % 2]
+        data = LabelledText([text], None, None, ColumnSpec("sentence"), ["sentence"])
+        want = torch.tensor(predict_task(task, data).scores[0])
+        torch.testing.assert_close(got[i][0].softmax(-1), want, rtol=1e-5, atol=1e-5)

@@ -44,6 +44,7 @@ def runtime(request: Request, settings):
             settings.serving_lowrank_cache_mb,
             pin_share=settings.serving_pin_share,
             max_queue=settings.serving_max_queue,
+            max_batch_tokens=settings.serving_max_batch_tokens,
         )
     return state.serving
 
