@@ -265,6 +265,7 @@ class MixedLowRankModel:
         names = {t.name: t for f in tasks for t in f.layout.targets}
         has = [{t.name for t in f.layout.targets} for f in tasks]
         out: dict[str, list[_Rows]] = {}
+        placed: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
         for name, t in names.items():
             groups = []
             for seed, members in by_seed.items():
@@ -278,10 +279,14 @@ class MixedLowRankModel:
                     b = torch.zeros(len(members), t.out_features, rank, device=self.device)
                     for i, u in enumerate(members):
                         b[i, :, : tasks[u].layout.rank] = tasks[u].b_of(t)
-                position = {u: i for i, u in enumerate(members)}
-                rows = [row for row, u in enumerate(index) if u in position]
-                local = torch.tensor([position[index[row]] for row in rows], device=self.device)
-                where = None if len(rows) == len(index) else torch.tensor(rows, device=self.device)
+                key = tuple(members)  # the same rows for every target the members share
+                if key not in placed:
+                    position = {u: i for i, u in enumerate(members)}
+                    rows = [row for row, u in enumerate(index) if u in position]
+                    local = torch.tensor([position[index[r]] for r in rows], device=self.device)
+                    every = len(rows) == len(index)
+                    placed[key] = local, None if every else torch.tensor(rows, device=self.device)
+                local, where = placed[key]
                 groups.append(_Rows(where, self._a_of(seed, t, rank), b[local]))
             out[name] = groups
         return out
