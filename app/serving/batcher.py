@@ -112,7 +112,9 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batch_sizes = Tally()  # inputs per model call
-        self.latencies = Tally()  # seconds per model call
+        self.latencies = Tally()  # seconds per model call (tokenizing included)
+        self.queue_waits = Tally()  # seconds from a request's arrival to its batch's start
+        self.model_cpu = Tally()  # CPU seconds of the model worker per call (tokenizing included)
 
     async def submit(self, task: TaskArtifact, items: list[Item], tenant: str = "") -> torch.Tensor:
         """Probabilities (len(items), C) for `items`, computed in shared batches; `tenant`
@@ -257,6 +259,8 @@ class MicroBatcher:
         items = [item for request in batch for item in request.items]
         tasks = [request.task for request in batch for _ in request.items]
         start = time.perf_counter()
+        for request in batch:
+            self.queue_waits.add(start - request.arrived)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(
@@ -290,12 +294,16 @@ class MicroBatcher:
 
     def _score(self, mixed: bool, tasks: list[TaskArtifact], items: list[Item]):
         """One model call: a (N, C) tensor, or for a mixed queue one (C_task,) row per input."""
-        if mixed:
-            return classify_mixed(self.pool, tasks, items)
-        task = tasks[0]  # a plain queue holds one task's inputs
-        texts = [t for t, _ in items]
-        pairs = [p or "" for _, p in items] if task.text_pair_column else None
-        return self._compute(task, texts, pairs)
+        start = time.thread_time()
+        try:
+            if mixed:
+                return classify_mixed(self.pool, tasks, items)
+            task = tasks[0]  # a plain queue holds one task's inputs
+            texts = [t for t, _ in items]
+            pairs = [p or "" for _, p in items] if task.text_pair_column else None
+            return self._compute(task, texts, pairs)
+        finally:
+            self.model_cpu.add(time.thread_time() - start)
 
     def _score_alone(
         self, mixed: bool, batch: list[_Request]

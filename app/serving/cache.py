@@ -421,12 +421,14 @@ class TaskCache:
 
 
 TOKENIZER_LOCK = threading.Lock()
+TOKENIZE = Tally()  # CPU seconds per tokenizer call in the model workers
 
 
 @torch.inference_mode()
 def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str] | None):
     """Head outputs (N, C) in float32 for a group of inputs to one task, one padded batch (the
     task's OutputSpace turns them into what users see)."""
+    start = time.thread_time()
     with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
         enc = entry.tokenizer(
             texts,
@@ -436,5 +438,6 @@ def classify(entry: Entry, task: TaskArtifact, texts: list[str], pairs: list[str
             padding=True,
             return_tensors="pt",
         )
+    TOKENIZE.add(time.thread_time() - start)
     enc = {k: v.to(entry.flat.device) for k, v in enc.items()}
     return entry.model(**enc).logits.float().cpu()

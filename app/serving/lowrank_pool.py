@@ -18,7 +18,7 @@ from app.engine.lowrank import LowRankFactors, MixedLowRankModel, config_of, out
 from app.engine.lowrank.seed_cache import SeedCache
 from app.engine.reconstruct import settings_of
 from app.errors import ConflictError
-from app.serving.cache import TOKENIZER_LOCK, CacheStats
+from app.serving.cache import TOKENIZE, TOKENIZER_LOCK, CacheStats
 
 SEED_SHARE = 0.25  # of KILOTASK_SERVING_LOWRANK_CACHE_MB for tensors that depend on a seed only
 
@@ -153,6 +153,7 @@ def classify_mixed(
     for i, t in enumerate(tasks):
         groups.setdefault((min(t.max_length, limit), bool(t.text_pair_column)), []).append(i)
     features: list[dict | None] = [None] * len(items)
+    start = time.thread_time()
     with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
         for (max_length, paired), idx in groups.items():
             enc = tokenizer(
@@ -164,6 +165,7 @@ def classify_mixed(
             for k, i in enumerate(idx):
                 features[i] = {key: enc[key][k] for key in enc}
         batch = tokenizer.pad(features, padding=True, return_tensors="pt")
+    TOKENIZE.add(time.thread_time() - start)
     encoded = {k: v.to(server.device) for k, v in batch.items()}
     logits = server.logits(factors, encoded)
     return [row.cpu() for row in output_rows(logits, [t.space.size for t in tasks])]

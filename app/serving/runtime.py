@@ -8,7 +8,7 @@ from app.engine.artifact import TaskArtifact
 from app.engine.methods import get_method
 from app.engine.projections import projection_cache_info
 from app.serving.batcher import MicroBatcher
-from app.serving.cache import MEMORY_WAIT_S, TaskCache
+from app.serving.cache import MEMORY_WAIT_S, TOKENIZE, TaskCache
 from app.serving.lowrank_pool import LowRankPool
 from app.serving.pins import PinLedger
 
@@ -93,6 +93,10 @@ class ServingRuntime:
             "max_batch": self.batcher.max_batch,
             "workers": self.batcher.workers,
             "max_wait_ms": self.batcher.max_wait * 1000,
+            "model_cpu_s": self.batcher.model_cpu.total,  # CPU of model calls, tokenizing included
+            "tokenize_s": TOKENIZE.total,
+            "queue_wait_s": self.batcher.queue_waits.total,
+            "requests_batched": self.batcher.queue_waits.count,
             "max_batch_tokens": self.batcher.max_batch_tokens,
             "max_queue": self.batcher.max_queue,
             "waiting": dict(self.batcher.waiting),
