@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request, Security
+from fastapi import Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from sqlalchemy.orm import Session
@@ -112,3 +113,34 @@ def reject_unknown_query(request: Request) -> None:
             f"takes: {takes}",
             code="unknown_query_parameter",
         )
+
+
+MAX_OFFSET = 10**9
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    limit: int
+    offset: int
+    after: str | None
+
+
+def page_query(
+    limit: Annotated[int, Query(ge=1, le=200, description="rows per page")] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")] = 0,
+    after: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=ID_PATTERN,
+            description="the rows after this id (a page's `next_after`): paging by key, "
+            "steady under inserts and as fast on the last page as the first (404 when the id "
+            "is not one of yours; offset then counts from there)",
+        ),
+    ] = None,
+) -> PageQuery:
+    return PageQuery(limit, offset, after)
+
+
+PageDep = Annotated[PageQuery, Depends(page_query)]

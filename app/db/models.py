@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -59,6 +60,7 @@ class ApiKey(Base):
 
 class Dataset(Base):
     __tablename__ = "dataset"
+    __table_args__ = (Index("ix_dataset_listing", "tenant_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
@@ -80,7 +82,10 @@ class Job(Base):
     (`lease_owner` until `lease_expires_at`); the sweeper requeues it when the lease runs out."""
 
     __tablename__ = "job"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_job_listing", "tenant_id", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
@@ -158,6 +163,7 @@ class Task(Base):
     `job_id` is unique, so a job redelivered after a crash cannot store a second task."""
 
     __tablename__ = "task"
+    __table_args__ = (Index("ix_task_listing", "tenant_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("task"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)

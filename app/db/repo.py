@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import func
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.base import Base
@@ -26,10 +26,38 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> Dataset:
     return get_owned(session, Dataset, tenant_id, dataset_id, "dataset")
 
 
-def page(session: Session, stmt, limit: int, offset: int) -> tuple[list, int]:
-    """One page of `stmt`'s rows and the count of all of them (list routes)."""
+def page(
+    session: Session,
+    stmt,
+    model: type[RowT],
+    tenant_id: str,
+    limit: int,
+    offset: int = 0,
+    after: str | None = None,
+) -> tuple[list[RowT], int, str | None]:
+    """One page of `stmt`'s rows, newest first, the count of all of them, and the id to pass
+    as `after` for the next page (None on the last). `after` pages by key (the rows older
+    than that one, read off the (tenant, created_at, id) index), `offset` by position (from
+    there, with both)."""
     # count(*) over the same FROM and WHERE: a subquery of the rows would name every column,
     # task vectors included
     count = stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
     total = session.scalar(count)
-    return list(session.scalars(stmt.limit(limit).offset(offset))), int(total or 0)
+    if after is not None:
+        start = session.execute(
+            select(model.created_at, model.id).where(
+                model.tenant_id == tenant_id, model.id == after
+            )  # fmt: skip
+        ).first()
+        if start is None:
+            raise NotFoundError(
+                f"after: '{after}' is not one of yours to start after", code="after_not_found"
+            )
+        stmt = stmt.where(
+            or_(model.created_at < start[0], and_(model.created_at == start[0], model.id < after))
+        )
+    ordered = stmt.order_by(model.created_at.desc(), model.id.desc())
+    rows = list(session.scalars(ordered.limit(limit + 1).offset(offset)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, int(total or 0), rows[-1].id if more else None

@@ -29,3 +29,16 @@ class ErrorBody(BaseModel):
     """Every error answer of the API."""
 
     error: ErrorDetail
+
+
+class PageInfo(BaseModel):
+    """Where a list page sits: `total` rows match; page on with `after` = `next_after` (by
+    key: steady under inserts, as fast on the last page as on the first) or with `offset`."""
+
+    total: int
+    limit: int
+    offset: int
+    after: str | None = None
+    next_after: str | None = Field(
+        None, description="pass as `after` for the next page; null on the last page"
+    )

@@ -1,6 +1,6 @@
 from pydantic import BaseModel, ConfigDict
 
-from app.schemas.common import UtcDatetime
+from app.schemas.common import PageInfo, UtcDatetime
 
 
 class DatasetPublic(BaseModel):
@@ -18,8 +18,5 @@ class DatasetPublic(BaseModel):
     created_at: UtcDatetime
 
 
-class DatasetsPage(BaseModel):
+class DatasetsPage(PageInfo):
     data: list[DatasetPublic]
-    total: int
-    limit: int
-    offset: int

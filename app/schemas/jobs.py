@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import ResourceRef, UtcDatetime
+from app.schemas.common import PageInfo, ResourceRef, UtcDatetime
 
 MAX_SEED = 2**32 - 1
 # Job and task rows store the seed in a 32-bit signed column (PostgreSQL INTEGER): the API takes
@@ -189,11 +189,8 @@ class JobPublic(BaseModel):
         )
 
 
-class JobsPage(BaseModel):
+class JobsPage(PageInfo):
     data: list[JobPublic]
-    total: int
-    limit: int
-    offset: int
 
 
 class JobEventPublic(BaseModel):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import UtcDatetime
+from app.schemas.common import PageInfo, UtcDatetime
 
 
 class TaskPublic(BaseModel):
@@ -45,8 +45,5 @@ class TaskPublic(BaseModel):
         return self
 
 
-class TasksPage(BaseModel):
+class TasksPage(PageInfo):
     data: list[TaskPublic]
-    total: int
-    limit: int
-    offset: int

@@ -188,3 +188,31 @@ def test_a_numeric_label_needs_the_task_type_for_jobs_and_searches(client, auth,
     assert search.status_code == 202, search.text
     assert search.json()["task"] == "regression"
     assert search.json()["hyperparameters"]["metric"] == "pearson"
+
+
+def test_lists_page_by_key_steady_under_inserts(client, settings, auth, tiny_bert):
+    """`after=<next_after>` walks every task once, newest first, even when a task is added
+    between pages (offset paging would show one twice); offset counts from `after`; an id
+    that is not the tenant's is a 404."""
+    ids = []
+    for seed in range(7):
+        blob = make_task_bytes(tiny_bert, seed=seed)
+        r = client.post("/v1/tasks", files={"file": ("t.safetensors", blob)}, headers=auth)
+        ids.append(r.json()["id"])
+    first = client.get("/v1/tasks?limit=3", headers=auth).json()
+    assert [t["id"] for t in first["data"]] == ids[::-1][:3] and first["total"] == 7
+    blob = make_task_bytes(tiny_bert, seed=99)  # arrives between the pages
+    client.post("/v1/tasks", files={"file": ("t.safetensors", blob)}, headers=auth)
+    seen, after = [t["id"] for t in first["data"]], first["next_after"]
+    while after:
+        page = client.get(f"/v1/tasks?limit=3&after={after}", headers=auth).json()
+        seen += [t["id"] for t in page["data"]]
+        after = page["next_after"]
+    assert seen == ids[::-1]
+    skipped = client.get(f"/v1/tasks?after={ids[5]}&offset=2", headers=auth).json()
+    assert [t["id"] for t in skipped["data"]] == ids[2::-1]  # after ids[5], two skipped
+    for path in ("/v1/tasks", "/v1/jobs", "/v1/datasets"):
+        r = client.get(f"{path}?after=nope", headers=auth)
+        assert r.status_code == 404 and "after" in r.json()["error"]["message"], r.text
+    r = client.get(f"/v1/tasks?after={ids[0]}", headers=new_key(settings))  # not theirs
+    assert r.status_code == 404

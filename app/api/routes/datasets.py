@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from sqlalchemy import func, or_, select
 
-from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.deps import PageDep, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_storage
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
@@ -79,18 +79,14 @@ def _store(session, tenant_id: str, content: bytes, filename: str, columns: Colu
     return row
 
 
-@router.get("", response_model=DatasetsPage, responses=error_responses(*AUTHED, 422))
-def list_datasets(
-    session: SessionDep,
-    tenant_id: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> DatasetsPage:
+@router.get("", response_model=DatasetsPage, responses=error_responses(*AUTHED, 404, 422))
+def list_datasets(session: SessionDep, tenant_id: TenantDep, q: PageDep) -> DatasetsPage:
     """The tenant's data sets, newest first (their contents are never loaded here)."""
     stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
-    rows, total = page(session, stmt.order_by(Dataset.created_at.desc()), limit, offset)
+    rows, total, next_after = page(session, stmt, Dataset, tenant_id, q.limit, q.offset, q.after)
     return DatasetsPage(data=[DatasetPublic.model_validate(r) for r in rows], total=total,
-                        limit=limit, offset=offset)  # fmt: skip
+                        limit=q.limit, offset=q.offset, after=q.after,
+                        next_after=next_after)  # fmt: skip
 
 
 @router.get(

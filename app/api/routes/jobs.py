@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from app.api.deps import IdempotencyKey, ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.deps import IdempotencyKey, PageDep, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_active_jobs
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
@@ -32,7 +32,6 @@ from app.schemas.jobs import (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-MAX_OFFSET = 10**9
 MAX_EVENT_ID = 2**31 - 1  # job_event.id is a 32-bit INTEGER column
 
 
@@ -103,19 +102,16 @@ def _submit(body: JobCreate, session, settings, tenant_id: str, idempotency_key)
     return JSONResponse(JobPublic.of(job).model_dump(mode="json"), 202)
 
 
-@router.get("", response_model=JobsPage, responses=error_responses(*AUTHED, 422))
+@router.get("", response_model=JobsPage, responses=error_responses(*AUTHED, 404, 422))
 def list_jobs(
-    session: SessionDep,
-    tenant_id: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    status: JobStatus | None = None,
+    session: SessionDep, tenant_id: TenantDep, q: PageDep, status: JobStatus | None = None
 ) -> JobsPage:
-    stmt = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc())
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         stmt = stmt.where(Job.status == status)
-    rows, total = page(session, stmt, limit, offset)
-    return JobsPage(data=[JobPublic.of(j) for j in rows], total=total, limit=limit, offset=offset)
+    rows, total, next_after = page(session, stmt, Job, tenant_id, q.limit, q.offset, q.after)
+    return JobsPage(data=[JobPublic.of(j) for j in rows], total=total, limit=q.limit,
+                    offset=q.offset, after=q.after, next_after=next_after)  # fmt: skip
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(*AUTHED, 404, 422))

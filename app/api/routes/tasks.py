@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import Integer, String, select
 from starlette.background import BackgroundTask
 
-from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.deps import PageDep, ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import check_storage
 from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
@@ -31,21 +31,15 @@ from app.schemas.tasks import TaskPublic, TasksPage
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 MAX_TASK_FILE = 64 * 2**20  # a generous cap: d = 4 M in float32 is 16 MB
-MAX_OFFSET = 10**9
 
 
-@router.get("", response_model=TasksPage, responses=error_responses(*AUTHED, 422))
-def list_tasks(
-    session: SessionDep,
-    tenant_id: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-) -> TasksPage:
-    stmt = select(Task).where(Task.tenant_id == tenant_id).order_by(Task.created_at.desc())
-    rows, total = page(session, stmt, limit, offset)
-    return TasksPage(
-        data=[TaskPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset
-    )
+@router.get("", response_model=TasksPage, responses=error_responses(*AUTHED, 404, 422))
+def list_tasks(session: SessionDep, tenant_id: TenantDep, q: PageDep) -> TasksPage:
+    stmt = select(Task).where(Task.tenant_id == tenant_id)
+    rows, total, next_after = page(session, stmt, Task, tenant_id, q.limit, q.offset, q.after)
+    return TasksPage(data=[TaskPublic.model_validate(r) for r in rows], total=total,
+                     limit=q.limit, offset=q.offset, after=q.after,
+                     next_after=next_after)  # fmt: skip
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=error_responses(*AUTHED, 404, 422))
