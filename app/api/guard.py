@@ -21,7 +21,7 @@ from app.errors import UnauthorizedError
 from app.records.keys import tenant_for_key
 
 BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
-FILE_ROUTES = ("/v1/datasets", "/v1/tasks")  # multipart uploads: the upload cap
+FILE_ROUTES = ("/v1/datasets", "/v1/tasks", "/v1/tasks:batch")  # uploads: the upload cap
 MULTIPART_SLACK = 64 * 1024  # part headers and small form fields around the file
 TENANT_KEY = "kilotask.tenant_id"  # where a checked key's tenant waits for get_tenant
 

@@ -1,15 +1,20 @@
 """A small HTTP client for a running kilotask server (stdlib only), used by `kilotask predict
---server`."""
+--server` and `kilotask import`."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import urllib.error
 import urllib.request
 
 
 class ServerError(Exception):
     """The server refused the request or could not be reached; the message says why."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, when the server answered
 
 
 class KilotaskClient:
@@ -18,13 +23,18 @@ class KilotaskClient:
             raise ServerError("--server needs an API key: pass --api-key or set KILOTASK_API_KEY")
         self.url, self.key, self.timeout = url.rstrip("/"), api_key, timeout
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
+    def _call(
+        self, method: str, path: str, body: dict | None = None, raw: tuple[bytes, str] | None = None
+    ) -> dict:
+        data, kind = raw or (
+            None if body is None else json.dumps(body).encode(),
+            "application/json",
+        )
         req = urllib.request.Request(
             self.url + path,
             data=data,
             method=method,
-            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": kind},
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -34,7 +44,7 @@ class KilotaskClient:
                 message = json.loads(exc.read())["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = exc.reason
-            raise ServerError(f"server answered {exc.code}: {message}") from exc
+            raise ServerError(f"server answered {exc.code}: {message}", exc.code) from exc
         except urllib.error.URLError as exc:
             raise ServerError(f"cannot reach {self.url}: {exc.reason}") from exc
 
@@ -55,3 +65,18 @@ class KilotaskClient:
             out = self._call("POST", "/v1/infer", {"inputs": inputs})["outputs"]
             rows.extend({k: v for k, v in o.items() if k not in ("index", "task")} for o in out)
         return rows
+
+    def import_tasks(self, files: list[tuple[str, bytes]]) -> dict:
+        """POST /v1/tasks:batch with these (file name, bytes): the server's per-file answers."""
+        boundary = secrets.token_hex(16)
+        parts = []
+        for name, blob in files:
+            safe = name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+                f'filename="{safe}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            )
+            parts += [head.encode(), blob, b"\r\n"]
+        parts.append(f"--{boundary}--\r\n".encode())
+        kind = f"multipart/form-data; boundary={boundary}"
+        return self._call("POST", "/v1/tasks:batch", raw=(b"".join(parts), kind))

@@ -15,6 +15,7 @@ COMMANDS = {
     "predict": tasks.predict,
     "inspect": tasks.inspect,
     "export": tasks.export,
+    "import": tasks.import_dir,
     "d90": d90.d90,
     "migrate": service.migrate,
     "keys": keys.keys,

@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="URL of a running kilotask server: predict there")
     p.add_argument("--api-key", help="API key for --server (default: $KILOTASK_API_KEY)")
 
+    im = sub.add_parser("import", help="import a folder of task files on a server, in chunks")
+    im.add_argument("folder", help="a folder: every *.safetensors file under it is imported")
+    im.add_argument("--server", required=True, help="URL of a running kilotask server")
+    im.add_argument("--api-key", help="API key (default: $KILOTASK_API_KEY)")
+    im.add_argument("--chunk", type=int, default=500, help="task files per request (1 to 1000)")
+    im.add_argument("--quiet", action="store_true", help="no progress bar")
+
     e = sub.add_parser("export", help="write a task as a PEFT LoRA adapter or a merged HF model")
     e.add_argument("task", help="task .safetensors file")
     e.add_argument("--format", choices=["peft", "hf"], required=True)

@@ -174,3 +174,44 @@ def inspect(args: argparse.Namespace) -> int:
     meta.update(bytes=file_size(args.task))
     print(json.dumps(meta, indent=2))
     return 0
+
+
+def import_dir(args: argparse.Namespace) -> int:
+    """Every *.safetensors task file under a folder, imported on a server in chunks."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from app.cli.client import KilotaskClient, ServerError
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"kilotask: error: {args.folder} is not a folder of task files", file=sys.stderr)
+        return 2
+    paths = sorted(folder.rglob("*.safetensors"))
+    if not paths:
+        print(f"kilotask: error: no *.safetensors files under {args.folder}", file=sys.stderr)
+        return 2
+    client = KilotaskClient(args.server, args.api_key or os.environ.get("KILOTASK_API_KEY"))
+    totals = {"files": len(paths), "created": 0, "existing": 0, "failed": 0}
+    with tqdm(total=len(paths), file=sys.stderr, disable=args.quiet, desc="import") as bar:
+        for lo in range(0, len(paths), args.chunk):
+            chunk = paths[lo : lo + args.chunk]
+            try:
+                got = client.import_tasks(
+                    [(str(p.relative_to(folder)), p.read_bytes()) for p in chunk]
+                )
+            except ServerError as exc:
+                if exc.status != 422:  # 422: no file of this chunk imports; go on
+                    raise
+                bar.write(f"kilotask: {exc}", file=sys.stderr)
+                got = {"created": 0, "existing": 0, "failed": len(chunk), "data": []}
+            for key in ("created", "existing", "failed"):
+                totals[key] += got[key]
+            for item in got["data"]:
+                if "error" in item:
+                    bar.write(f"kilotask: {item['filename']}: {item['error']['message']}",
+                              file=sys.stderr)  # fmt: skip
+            bar.update(len(chunk))
+    print(json.dumps(totals))
+    return 2 if totals["failed"] else 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import PageInfo, UtcDatetime
+from app.schemas.common import ErrorDetail, PageInfo, UtcDatetime
 
 
 class TaskPublic(BaseModel):
@@ -47,3 +47,21 @@ class TaskPublic(BaseModel):
 
 class TasksPage(PageInfo):
     data: list[TaskPublic]
+
+
+class TaskBatchItem(BaseModel):
+    """One file of a batch import: 201 stored, 200 already stored (the task is the existing
+    one), or the 4xx a single import would answer, with its error."""
+
+    index: int
+    filename: str
+    status: int
+    task: TaskPublic | None = None
+    error: ErrorDetail | None = None
+
+
+class TaskBatchResult(BaseModel):
+    data: list[TaskBatchItem]
+    created: int
+    existing: int
+    failed: int

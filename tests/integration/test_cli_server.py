@@ -101,3 +101,29 @@ def test_predict_on_a_server_matches_the_local_file(server, tiny_bert, tmp_path)
         timeout=60,
     )
     assert bad.returncode == 2 and "404" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_import_a_folder_in_chunks(server, tiny_bert, tmp_path):
+    """`kilotask import DIR --server`: five task files and a broken one, two per request; each
+    file's answer counted, the broken one named on stderr (exit 2); a second run finds them
+    all stored."""
+    url, key = server
+    folder = tmp_path / "tasks"
+    (folder / "sub").mkdir(parents=True)
+    for seed in range(5):
+        where = folder / ("sub" if seed % 2 else ".") / f"t{seed}.safetensors"
+        where.write_bytes(make_task_bytes(tiny_bert, seed=seed))
+    (folder / "broken.safetensors").write_bytes(b"not a task")
+
+    def run():
+        return subprocess.run(
+            [KILOTASK, "import", str(folder), "--server", url, "--api-key", key, "--chunk", "2",
+             "--quiet"], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    first = run()
+    assert first.returncode == 2, first.stderr
+    assert json.loads(first.stdout) == {"files": 6, "created": 5, "existing": 0, "failed": 1}
+    assert "broken.safetensors" in first.stderr
+    again = run()
+    assert json.loads(again.stdout) == {"files": 6, "created": 0, "existing": 5, "failed": 1}

@@ -216,3 +216,27 @@ def test_lists_page_by_key_steady_under_inserts(client, settings, auth, tiny_ber
         assert r.status_code == 404 and "after" in r.json()["error"]["message"], r.text
     r = client.get(f"/v1/tasks?after={ids[0]}", headers=new_key(settings))  # not theirs
     assert r.status_code == 404
+
+
+def test_a_batch_import_answers_each_file_and_stores_the_good_ones(client, auth, tiny_bert):
+    """Five files in one request: three new (one of them sent twice), one already stored, one
+    corrupt. Each gets its own answer, in order; the new ones are stored once."""
+    known = make_task_bytes(tiny_bert, seed=1)
+    client.post("/v1/tasks", files={"file": ("known.safetensors", known)}, headers=auth)
+    new = [make_task_bytes(tiny_bert, seed=s) for s in (2, 3)]
+    parts = [("a", new[0]), ("b", known), ("c", b"not a task file"), ("d", new[1]),
+             ("e", new[0])]  # fmt: skip
+    files = [("files", (f"{name}.safetensors", blob)) for name, blob in parts]
+    r = client.post("/v1/tasks:batch", files=files, headers=auth)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [item["status"] for item in got["data"]] == [201, 200, 400, 201, 200]
+    assert [item["filename"] for item in got["data"]] == [f"{n}.safetensors" for n, _ in parts]
+    assert got["data"][2]["error"]["code"] and "task" not in got["data"][2]
+    assert got["data"][4]["task"]["id"] == got["data"][0]["task"]["id"]
+    assert (got["created"], got["existing"], got["failed"]) == (2, 2, 1)
+    listed = client.get("/v1/tasks", headers=auth).json()
+    assert listed["total"] == 3
+    files = [("files", ("x.safetensors", b"junk")), ("files", ("y.safetensors", b"more"))]
+    r = client.post("/v1/tasks:batch", files=files, headers=auth)
+    assert r.status_code == 422 and "x.safetensors" in r.json()["error"]["message"]

@@ -11,6 +11,7 @@ from sqlalchemy import Integer, String, select
 from starlette.background import BackgroundTask
 
 from app.api.deps import PageDep, ResourceId, SessionDep, SettingsDep, TenantDep
+from app.api.errors import status_for
 from app.api.limits import check_storage
 from app.api.offload import offload
 from app.api.openapi import AUTHED, binary_response, error_responses
@@ -24,13 +25,15 @@ from app.config import Settings
 from app.db.models import Task
 from app.db.repo import get_owned, page
 from app.engine.artifact import TaskArtifact
-from app.engine.errors import BaseModelMismatchError
-from app.errors import InvalidInputError, PayloadTooLargeError
+from app.engine.errors import BaseModelMismatchError, EngineError
+from app.errors import InvalidInputError, KilotaskError, PayloadTooLargeError
 from app.records.tasks import artifact_from_row, row_from_artifact
-from app.schemas.tasks import TaskPublic, TasksPage
+from app.schemas.common import ErrorDetail
+from app.schemas.tasks import TaskBatchItem, TaskBatchResult, TaskPublic, TasksPage
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 MAX_TASK_FILE = 64 * 2**20  # a generous cap: d = 4 M in float32 is 16 MB
+MAX_BATCH_FILES = 1000  # task files per :batch request (also multipart's own part limit)
 
 
 @router.get("", response_model=TasksPage, responses=error_responses(*AUTHED, 404, 422))
@@ -159,14 +162,31 @@ async def import_task(
     file: Annotated[UploadFile, File(description="a kilotask task file (.safetensors)")],
 ) -> JSONResponse:
     data = await file.read(MAX_TASK_FILE + 1)
-    if len(data) > MAX_TASK_FILE:
-        raise PayloadTooLargeError(f"task files are at most {MAX_TASK_FILE // 2**20} MB")
     return await offload(tenant_id, _import, session, settings, tenant_id, data)
 
 
 def _import(session, settings: Settings, tenant_id: str, data: bytes) -> JSONResponse:
-    """Validate a task file against the spec and this server (model, digest, D, label count,
-    max length) and store it, in one transaction: off the event loop."""
+    """Validate a task file against the spec and this server and store it, in one
+    transaction: off the event loop."""
+    artifact = _validated(data, settings)
+    existing = session.scalar(
+        select(Task).where(Task.tenant_id == tenant_id, Task.digest == artifact.digest)
+    )
+    if existing is not None:
+        return JSONResponse(TaskPublic.model_validate(existing).model_dump(mode="json"), 200)
+    row = row_from_artifact(artifact, tenant_id, None)
+    _check_storable(row)
+    check_storage(session, tenant_id, row.size_bytes, settings.tenant_max_storage_mb)
+    session.add(row)
+    session.commit()
+    return JSONResponse(TaskPublic.model_validate(row).model_dump(mode="json"), 201)
+
+
+def _validated(data: bytes, settings: Settings) -> TaskArtifact:
+    """The task in `data`, checked against the file spec and this server (model, digest, D,
+    label count, max length); raises the error a single import would answer."""
+    if len(data) > MAX_TASK_FILE:
+        raise PayloadTooLargeError(f"task files are at most {MAX_TASK_FILE // 2**20} MB")
     artifact = TaskArtifact.from_bytes(data)  # format, spec, digest, field and vector checks
     check_model_allowed(artifact.model, settings)
     if len(artifact.labels) > settings.max_labels:
@@ -188,17 +208,89 @@ def _import(session, settings: Settings, tenant_id: str, data: bytes) -> JSONRes
             f"{artifact.space.size} outputs has {expected} parameters: not a task of this base"
         )
     check_max_length(artifact.model, artifact.max_length, "the task file's max_length")
-    existing = session.scalar(
-        select(Task).where(Task.tenant_id == tenant_id, Task.digest == artifact.digest)
-    )
-    if existing is not None:
-        return JSONResponse(TaskPublic.model_validate(existing).model_dump(mode="json"), 200)
-    row = row_from_artifact(artifact, tenant_id, None)
-    _check_storable(row)
-    check_storage(session, tenant_id, row.size_bytes, settings.tenant_max_storage_mb)
-    session.add(row)
-    session.commit()
-    return JSONResponse(TaskPublic.model_validate(row).model_dump(mode="json"), 201)
+    return artifact
+
+
+@router.post(
+    ":batch",
+    response_model=TaskBatchResult,
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTHED, 400, 413, 422),
+)
+async def import_tasks(
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    files: Annotated[
+        list[UploadFile],
+        File(description=f"up to {MAX_BATCH_FILES} kilotask task files, one part each"),
+    ],
+) -> TaskBatchResult:
+    """Many task files in one request, each validated as a single import is and answered on
+    its own (201 new, 200 already stored, or its 4xx); the new ones are stored in one
+    transaction. When no file can be imported the answer is a 422 naming the first failures.
+    Send large sets in chunks (`kilotask import DIR --server URL` does)."""
+    if len(files) > MAX_BATCH_FILES:
+        raise PayloadTooLargeError(
+            f"{len(files)} files in one batch; at most {MAX_BATCH_FILES}: send them in chunks"
+        )
+    blobs = [(f.filename or "", await f.read(MAX_TASK_FILE + 1)) for f in files]
+    return await offload(tenant_id, _import_batch, session, settings, tenant_id, blobs)
+
+
+def _import_batch(
+    session, settings: Settings, tenant_id: str, blobs: list[tuple[str, bytes]]
+) -> TaskBatchResult:
+    results: list[TaskBatchItem] = []
+    fresh: dict[str, tuple[int, Task]] = {}  # digest -> (its index, the row to insert)
+    valid: list[tuple[int, TaskArtifact]] = []
+    for i, (name, data) in enumerate(blobs):
+        results.append(TaskBatchItem(index=i, filename=name, status=0))
+        try:
+            valid.append((i, _validated(data, settings)))
+        except (KilotaskError, EngineError) as exc:
+            results[i].status = status_for(exc)
+            results[i].error = ErrorDetail(code=exc.code, message=getattr(exc, "message", str(exc)))
+    digests = {a.digest for _, a in valid}
+    stored = {
+        row.digest: row
+        for row in session.scalars(
+            select(Task).where(Task.tenant_id == tenant_id, Task.digest.in_(digests))
+        )
+    }
+    for i, artifact in valid:
+        known = stored.get(artifact.digest)
+        if known is None and artifact.digest in fresh:
+            known = fresh[artifact.digest][1]  # the same file twice in this batch
+        if known is not None:
+            results[i].status, results[i].task = 200, known
+            continue
+        row = row_from_artifact(artifact, tenant_id, None)
+        try:
+            _check_storable(row)
+        except KilotaskError as exc:
+            results[i].status = status_for(exc)
+            results[i].error = ErrorDetail(code=exc.code, message=exc.message)
+            continue
+        fresh[artifact.digest] = (i, row)
+        results[i].status, results[i].task = 201, row
+    if all(item.error is not None for item in results):  # nothing to store: say why
+        shown = "; ".join(f"{r.filename or r.index}: {r.error.message}" for r in results[:3])
+        more = f" (and {len(results) - 3} more)" if len(results) > 3 else ""
+        raise InvalidInputError(f"no task file could be imported: {shown}{more}",
+                                code="no_task_imported")  # fmt: skip
+    rows = [row for _, row in fresh.values()]
+    if rows:
+        check_storage(session, tenant_id, sum(r.size_bytes for r in rows),
+                      settings.tenant_max_storage_mb)  # fmt: skip
+        session.add_all(rows)
+        session.commit()
+    for item in results:
+        if item.task is not None:
+            item.task = TaskPublic.model_validate(item.task)
+    counts = {code: sum(r.status == code for r in results) for code in (201, 200)}
+    return TaskBatchResult(data=results, created=counts[201], existing=counts[200],
+                           failed=len(results) - counts[201] - counts[200])  # fmt: skip
 
 
 @router.delete(
