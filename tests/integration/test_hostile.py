@@ -499,10 +499,11 @@ def test_tasks_with_many_label_counts_share_one_base(client, settings, auth, tin
 
 
 def test_no_database_call_runs_on_the_event_loop(settings, live, tiny_bert):
-    """Every statement made 0.3 s slow: while four /v1/infer calls (each needing the key,
+    """Every statement made 0.5 s slow: while four /v1/infer calls (each needing the key,
     the task and the rate limit from the database) are in flight, a route that needs no
-    database (/openapi.json) still answers at once. A synchronous query on the event loop
-    would hold it for 0.3 s or more."""
+    database (/openapi.json, generated once beforehand) still answers at once. A synchronous
+    query on the event loop would hold it for 0.5 s or more (1.9 s measured with the task
+    lookup moved onto the loop)."""
     from sqlalchemy import event
 
     from app.db.session import get_engine
@@ -514,10 +515,11 @@ def test_no_database_call_runs_on_the_event_loop(settings, live, tiny_bert):
                       headers=auth).json()["id"]  # fmt: skip
     body = {"inputs": [{"task": task, "text": "nice"}]}
     assert httpx.post(f"{url}/v1/infer", json=body, headers=auth).status_code == 200  # warm
+    assert httpx.get(f"{url}/openapi.json").status_code == 200  # generated once, then cached
     engine = get_engine(settings)
 
     def slow(*_):
-        time.sleep(0.3)
+        time.sleep(0.5)
 
     event.listen(engine, "before_cursor_execute", slow)
     try:
@@ -538,4 +540,4 @@ def test_no_database_call_runs_on_the_event_loop(settings, live, tiny_bert):
     finally:
         event.remove(engine, "before_cursor_execute", slow)
     assert answers == [200] * 4 and len(waits) >= 3
-    assert max(waits) < 0.25, waits
+    assert max(waits) < 0.4, waits
