@@ -86,7 +86,7 @@ def serving(settings):
 
 @pytest.fixture()
 def roomy(settings):
-    """A server that takes an 18 MB, 400,000-row upload."""
+    """A server that takes a 1,000,000-row upload."""
     with serving(settings.model_copy(update={"max_upload_mb": 40.0, "max_rows": 10**6})) as up:
         yield up
 
@@ -106,16 +106,17 @@ def test_a_50000_column_csv_is_refused_at_once_and_health_stays_fast(roomy):
 
 
 def test_a_large_upload_is_parsed_off_the_event_loop(roomy):
-    """Parsing 400,000 rows takes about two seconds; /healthz answers meanwhile (it waited for
-    the whole parse when the route parsed on the event loop). The bound is 1 s, not 0.5: with
-    PostgreSQL, storing the 18 MB upload slowed one answer to 0.55 s on a quiet machine."""
+    """Parsing 1,000,000 short rows takes 3.5 s; /healthz answers meanwhile (on the event
+    loop the parse would hold it that long). Off the loop it still competes for the GIL with
+    the parsing thread: the slowest answer was 0.82 s (SQLite) and 1.02 s (PostgreSQL) on a
+    quiet machine, hence a 2 s bound."""
     url, auth = roomy
-    rows = "".join(f"sentence number {i} with some words\t{i % 2}\n" for i in range(400_000))
+    rows = "".join(f"w{i}\t{i % 2}\n" for i in range(1_000_000))
     content = ("sentence\tlabel\n" + rows).encode()
     slowest, r = slowest_health_check_during(url, lambda: upload(url, auth, "big.tsv", content))
     assert r.status_code == 201, r.text
-    assert r.json()["rows"] == 400_000
-    assert slowest < 1.0, slowest
+    assert r.json()["rows"] == 1_000_000
+    assert slowest < 2.0, slowest
 
 
 def test_deeply_nested_jsonl_is_a_clear_422(client, auth):
