@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     run_lease_s: float = Field(default=120.0, gt=0)  # a d90 run silent this long is taken back
     serving_cache_mb: float = Field(default=1024.0, gt=0)  # materialised tasks kept in memory
     serving_max_batch: int = Field(default=32, gt=0)
-    serving_max_wait_ms: float = Field(default=5.0, ge=0)
+    # how long a free model worker waits for company before starting a batch; 0: at once
+    # (requests arriving while the workers are busy still batch). 5 ms cost 22 % at 8 clients
+    serving_max_wait_ms: float = Field(default=0.0, ge=0)
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
     # inputs waiting per base model before /v1/infer answers 503 at once; 0: 4 batches per worker
     serving_max_queue: int = Field(default=0, ge=0)
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
     # each tenant's pins may take this share of a serving budget; all pins together 1 - share
     serving_pin_share: float = Field(default=0.25, gt=0, le=0.5)
+    # an owned task is served without asking the database for this long after it was last
+    # read; a delete through another replica (or the CLI) is seen within it (0: ask each time)
+    serving_lookup_ttl_s: float = Field(default=1.0, ge=0, le=60)
     # Reliability (README "Reliability"): a running job's worker renews its lease every
     # job_lease_s / 6; a sweeper (in every worker and in `serve`) requeues a job whose lease
     # expired, and a queued job whose broker message is gone after requeue_queued_after_s.

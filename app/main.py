@@ -7,7 +7,7 @@ from fastapi_offline import FastAPIOffline
 
 from app import console
 from app.api import errors, guard, head
-from app.api.deps import reject_unknown_query
+from app.api.deps import current_settings, reject_unknown_query
 from app.api.routes import datasets, health, infer, intrinsic, jobs, metrics, models, tasks
 from app.config import Settings, get_settings
 
@@ -20,7 +20,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(reject_unknown_query)],
     )
     if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
+
+        async def given_settings() -> Settings:
+            return settings
+
+        app.dependency_overrides[current_settings] = given_settings
     errors.install(app)
     guard.install(app, settings or get_settings())  # keys and sizes before any body is read
     head.install(app)  # outermost: HEAD is GET without the body, for every GET route

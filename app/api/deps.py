@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
@@ -19,12 +20,21 @@ from app.records.keys import tenant_for_key
 from app.schemas.common import ID_PATTERN
 
 
-def get_db(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
+async def current_settings() -> Settings:
+    """The process's settings. `async` so that FastAPI resolves it on the event loop: a plain
+    `def` dependency costs a worker-thread round trip on every request (create_app overrides
+    it with the settings it was given)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(current_settings)]
+
+
+def get_db(settings: SettingsDep) -> Iterator[Session]:
     with session_factory(settings)() as session:
         yield session
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
@@ -37,15 +47,23 @@ bearer = HTTPBearer(
 )
 
 
-def get_tenant(
-    session: SessionDep,
+def _tenant_for(settings: Settings, authorization: str | None) -> str:
+    with session_factory(settings)() as session:
+        return tenant_for_key(session, authorization)
+
+
+async def get_tenant(
+    settings: SettingsDep,
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> str:
-    checked = request.scope.get("state", {}).get(TENANT_KEY)  # by the guard, before the body
+    """The key's tenant: checked by the guard before the body (body-bearing requests), else
+    looked up here, in a worker thread (never on the event loop)."""
+    checked = request.scope.get("state", {}).get(TENANT_KEY)
     if checked is not None:
         return checked
-    return tenant_for_key(session, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    return await anyio.to_thread.run_sync(_tenant_for, settings, authorization)
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
@@ -96,7 +114,7 @@ def _query_names(route) -> frozenset[str]:
     return names
 
 
-def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: Request) -> None:
     """A query parameter the route does not take is a mistake (a typo like `ofset=40` would
     otherwise be ignored silently): 422 naming it and the ones the route takes."""
     route = request.scope.get("route")

@@ -40,8 +40,14 @@ def get_engine(settings: Settings | None = None) -> Engine:
     return _engine_for((settings or get_settings()).database_url)
 
 
+@lru_cache
+def _sessions_for(url: str) -> sessionmaker[Session]:
+    return sessionmaker(_engine_for(url), expire_on_commit=False)
+
+
 def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(settings), expire_on_commit=False)
+    """One sessionmaker per database (made once: every request asks for it)."""
+    return _sessions_for((settings or get_settings()).database_url)
 
 
 def get_session() -> Iterator[Session]:

@@ -46,12 +46,14 @@ def tenant_for_key(session: Session, authorization: str | None) -> str:
             "send an API key as 'Authorization: Bearer <key>' "
             "(create one with: kilotask keys create --tenant NAME)"
         )
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    tenant_id = session.scalar(  # the column alone: no ORM instance (every request asks)
+        select(ApiKey.tenant_id).where(
+            ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
+        )
     )
-    if row is None:
+    if tenant_id is None:
         raise UnauthorizedError("this API key is not valid (unknown or revoked)")
-    return row.tenant_id
+    return tenant_id
 
 
 def list_keys(session: Session, tenant_name: str | None = None) -> list[tuple[ApiKey, Tenant]]:

@@ -152,19 +152,30 @@ def classify_mixed(
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, t in enumerate(tasks):
         groups.setdefault((min(t.max_length, limit), bool(t.text_pair_column)), []).append(i)
-    features: list[dict | None] = [None] * len(items)
     start = time.thread_time()
     with TOKENIZER_LOCK:  # a fast tokenizer is not safe to call from two threads at once
-        for (max_length, paired), idx in groups.items():
-            enc = tokenizer(
-                [items[i][0] for i in idx],
-                [items[i][1] or "" for i in idx] if paired else None,
+        if len(groups) == 1:  # the common case: one call pads too (tokenizer.pad is slow Python)
+            [((max_length, paired), _)] = groups.items()
+            batch = tokenizer(
+                [text for text, _ in items],
+                [pair or "" for _, pair in items] if paired else None,
                 truncation=True,
                 max_length=max_length,
+                padding=True,
+                return_tensors="pt",
             )
-            for k, i in enumerate(idx):
-                features[i] = {key: enc[key][k] for key in enc}
-        batch = tokenizer.pad(features, padding=True, return_tensors="pt")
+        else:
+            features: list[dict | None] = [None] * len(items)
+            for (max_length, paired), idx in groups.items():
+                enc = tokenizer(
+                    [items[i][0] for i in idx],
+                    [items[i][1] or "" for i in idx] if paired else None,
+                    truncation=True,
+                    max_length=max_length,
+                )
+                for k, i in enumerate(idx):
+                    features[i] = {key: enc[key][k] for key in enc}
+            batch = tokenizer.pad(features, padding=True, return_tensors="pt")
     TOKENIZE.add(time.thread_time() - start)
     encoded = {k: v.to(server.device) for k, v in batch.items()}
     logits = server.logits(factors, encoded)

@@ -56,9 +56,12 @@ def test_queued_search_reads_and_is_not_a_training_job(client, auth, dataset, ti
 
 
 def new_key_for(client):
-    from app.config import get_settings
+    import asyncio
 
-    settings = client.app.dependency_overrides.get(get_settings, get_settings)()
+    from app.api.deps import current_settings
+
+    given = client.app.dependency_overrides.get(current_settings, current_settings)
+    settings = asyncio.run(given())
     return new_key(settings)
 
 

@@ -328,3 +328,27 @@ def test_export_zip_over_rest(client, auth, settings, tasks):
 
     left = glob.glob(f"{tempfile.gettempdir()}/kilotask-export-*.zip")
     assert not left, left  # the zip was streamed from a temporary file, then deleted
+
+
+def test_a_delete_through_another_replica_is_seen_within_the_lookup_ttl(settings, auth, tasks):
+    """Two API processes (apps) on one database: B caches the task's lookup while serving
+    it; a delete through A is a 404 on B once B's TTL has passed, and at once on A."""
+    import time
+
+    ids, _ = tasks
+    ttl = 0.5
+    a = TestClient(create_app(settings.model_copy(update={"serving_lookup_ttl_s": ttl})))
+    b = TestClient(create_app(settings.model_copy(update={"serving_lookup_ttl_s": ttl})))
+    body = {"inputs": [{"task": ids[0], "text": TEXTS[0]}]}
+    assert a.post("/v1/infer", json=body, headers=auth).status_code == 200
+    assert b.post("/v1/infer", json=body, headers=auth).status_code == 200  # cached on B now
+    assert a.delete(f"/v1/tasks/{ids[0]}", headers=auth).status_code == 204
+    gone = a.post("/v1/infer", json=body, headers=auth)  # A forgot it when it deleted it
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "task_not_found"
+    deleted_at = time.monotonic()
+    while (r := b.post("/v1/infer", json=body, headers=auth)).status_code == 200:
+        assert time.monotonic() - deleted_at < ttl + 0.5, "B still serves a deleted task"
+        time.sleep(0.05)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "task_not_found"
+    other = b.post("/v1/infer", json={"inputs": [{"task": ids[1], "text": "x"}]}, headers=auth)
+    assert other.status_code == 200  # the other tasks are served as before

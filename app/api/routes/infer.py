@@ -12,6 +12,7 @@ from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import InferenceLimit
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
+from app.api.task_lookup import TaskLookup
 from app.db.models import Task
 from app.db.repo import get_owned
 from app.engine.artifact import TaskArtifact
@@ -49,14 +50,24 @@ def runtime(request: Request, settings):
     return state.serving
 
 
-def _owned_tasks(session, tenant_id: str, inputs: list[InferInput]) -> dict[str, TaskArtifact]:
-    """The tenant's tasks that `inputs` name, each checked against its inputs' shape."""
-    tasks = {}
+def task_lookup(request: Request, settings) -> TaskLookup:
+    state = request.app.state
+    if getattr(state, "task_lookup", None) is None:
+        state.task_lookup = TaskLookup(settings.serving_lookup_ttl_s)
+    return state.task_lookup
+
+
+async def _owned_tasks(
+    request: Request, settings, tenant_id: str, inputs: list[InferInput]
+) -> dict[str, TaskArtifact]:
+    """The tenant's tasks that `inputs` name (from the process's lookup cache, else read off
+    the event loop), each checked against its inputs' shape."""
+    lookup = task_lookup(request, settings)
+    ids = list(dict.fromkeys(item.task for item in inputs))
+    tasks = lookup.fresh(tenant_id, ids)
+    if tasks is None:
+        tasks = await offload(tenant_id, lookup.load, settings, tenant_id, ids)
     for item in inputs:
-        if item.task not in tasks:
-            tasks[item.task] = artifact_from_row(
-                get_owned(session, Task, tenant_id, item.task, "task")
-            )
         art = tasks[item.task]
         if bool(art.text_pair_column) != (item.text_pair is not None):
             need = "needs" if art.text_pair_column else "takes no"
@@ -67,8 +78,8 @@ def _owned_tasks(session, tenant_id: str, inputs: list[InferInput]) -> dict[str,
     return tasks
 
 
-async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]) -> InferResponse:
-    tasks = await offload(tenant_id, _owned_tasks, session, tenant_id, inputs)
+async def _infer(request, settings, tenant_id, inputs: list[InferInput]) -> InferResponse:
+    tasks = await _owned_tasks(request, settings, tenant_id, inputs)
     rt = runtime(request, settings)
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(inputs):
@@ -104,12 +115,11 @@ async def _infer(request, session, settings, tenant_id, inputs: list[InferInput]
 async def infer(
     request: Request,
     body: InferRequest,
-    session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
     _: InferenceLimit,
 ) -> InferResponse:
-    return await _infer(request, session, settings, tenant_id, body.inputs)
+    return await _infer(request, settings, tenant_id, body.inputs)
 
 
 @router.get(
@@ -121,7 +131,6 @@ async def infer(
 async def predict_one(
     request: Request,
     task_id: ResourceId,
-    session: SessionDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
     _: InferenceLimit,
@@ -129,7 +138,7 @@ async def predict_one(
     text_pair: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
 ) -> InferOutput:
     item = InferInput(task=task_id, text=text, text_pair=text_pair)
-    return (await _infer(request, session, settings, tenant_id, [item])).outputs[0]
+    return (await _infer(request, settings, tenant_id, [item])).outputs[0]
 
 
 @router.get("/v1/serving", response_model=ServingState, responses=error_responses(*AUTHED))

@@ -309,4 +309,7 @@ def delete_task(
         serving.unpin(artifact_from_row(row), tenant_id)
     session.delete(row)
     session.commit()
+    lookup = getattr(request.app.state, "task_lookup", None)
+    if lookup is not None:  # this process serves it no more; other replicas within their TTL
+        lookup.forget(task_id)
     return Response(status_code=204)

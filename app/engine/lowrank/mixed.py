@@ -347,8 +347,9 @@ class MixedLowRankModel:
                 return output
             x = args[0]
             for g in batch.targets[name]:
-                if g.b.dim() == 2:  # one task answers every row
-                    output = output + F.linear(F.linear(x, g.a), g.b)
+                if g.b.dim() == 2:  # one task answers every row: output += (x·Aᵀ)·(λB)ᵀ in place
+                    flat = output.view(-1, output.shape[-1])  # a fresh tensor of this forward's
+                    flat.addmm_(F.linear(x, g.a).view(flat.shape[0], -1), g.b.t())
                     continue
                 xs = x if g.rows is None else x.index_select(0, g.rows)
                 n = xs.shape[0]

@@ -48,6 +48,8 @@ LOWRANK_DIM = 20
 
 def dim_of(method: str) -> int:
     return LOWRANK_DIM if method == "lowrank" else DIM
+
+
 TEXTS = ["the movie was very good", "awful plot so dull", "great"]  # rows of unequal length
 
 
