@@ -172,8 +172,12 @@ def main() -> int:
     parser.add_argument("--train-rows", type=int, default=None)
     parser.add_argument("--kilotask-lrs", nargs="+", type=_rate, default=["auto"],
                         help="kilotask's rates: auto (its default) and/or fixed ones")  # fmt: skip
-    parser.add_argument("--peft-lrs", type=int, default=2,
-                        help="how many of each PEFT method's rates to try (1: the first)")
+    parser.add_argument(
+        "--peft-lrs",
+        type=int,
+        default=2,
+        help="how many of each PEFT method's rates to try (1: the first)",
+    )
     parser.add_argument("--out", default="bench-accuracy.json")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -3,10 +3,14 @@ base, the same SST-2 dev sentences, batched the way the server batches them, in-
 HTTP) and the throughput of `kilotask serve` under load from `wrk` (Debian's; a Lua script
 posts one sentence per /v1/infer request), with their ratio, where the server's CPU went (model
 calls, tokenizing within them, and the rest: HTTP, JSON, keys, lookups) and how much CPU the
-load generator itself used. SAID and lowrank rounds alternate in one server process.
+load generator itself used. Loads alternate round by round in one server process: one SAID
+task, one lowrank task, and with `--tasks N` Zipf(1.1) traffic over N lowrank tasks
+(bulk-imported and pinned first).
 
     apt-get install wrk
     .venv/bin/python bench/bench_capacity.py --clients 8 32 --seconds 20 --rounds 2 --json out.json
+    .venv/bin/python bench/bench_capacity.py --tasks 10000 --clients 32 --json zipf.json
+    .venv/bin/python bench/bench_capacity.py --model mpnet-base --spec lowrank-v2 --tasks 1000
 
 Raw capacity is measured in this process, before the server starts (so the two never share the
 cores): `--workers` threads of one intra-op thread each (what the server runs on CPU), each
@@ -20,19 +24,19 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import resource
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import torch
-from bench_serving import make_tasks, post_all, sentences  # bench/ is on the path
+from bench_serving import make_tasks, pin_all, post_all, rss_mb, sentences  # bench/ is on the path
+from local_server import local_server
 
 from app.engine.artifact import TaskArtifact
 from app.serving.cache import TaskCache, classify
@@ -113,8 +117,31 @@ def serving_counters(http: httpx.Client) -> dict:
     return {k: state[k] for k in keys}
 
 
+def import_batches(url: str, key: str, blobs: list[bytes], chunk: int = 1000) -> list[str]:
+    """Bulk-import task files through POST /v1/tasks:batch, `chunk` files a request."""
+    ids: list[str] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
+        for lo in range(0, len(blobs), chunk):
+            files = [("files", (f"t{lo + i}.kt", b)) for i, b in enumerate(blobs[lo : lo + chunk])]
+            r = http.post("/v1/tasks:batch", files=files)
+            r.raise_for_status()
+            ids += [item["task"]["id"] for item in r.json()["data"]]
+    return ids
+
+
+def zipf_bodies(ids: list[str], texts: list[str], n: int, s: float = 1.1) -> list[str]:
+    """`n` request bodies, tasks drawn Zipf(s) over `ids` (rank k has weight 1/k^s)."""
+    rng = random.Random(0)
+    tasks = rng.choices(ids, weights=[1 / (k + 1) ** s for k in range(len(ids))], k=n)
+    return [json.dumps({"inputs": [{"task": t, "text": rng.choice(texts)}]}) for t in tasks]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--spec", default="lowrank-v1", help="the lowrank tasks' spec")
+    ap.add_argument("--tasks", type=int, default=0, help="lowrank tasks for Zipf rounds (0: none)")
     ap.add_argument("--clients", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
@@ -124,58 +151,61 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     texts = sentences(args.texts)
-    blobs = {"said": make_tasks(1, "said")[0], "lowrank": make_tasks(1, "lowrank")[0]}
+    blobs = {
+        "said": make_tasks(1, "said", args.model)[0],
+        "lowrank": make_tasks(1, "lowrank", args.model, args.spec)[0],
+    }
     raw = {
         method: {b: raw_capacity(TaskArtifact.from_bytes(blob), texts, args.workers, b)
                  for b in args.raw_batch}
         for method, blob in blobs.items()
     }  # fmt: skip
     print(json.dumps({"raw_sentences_per_s": raw}), flush=True)
+    many = make_tasks(args.tasks, "lowrank", args.model, args.spec)[1:] if args.tasks else []
+    if args.tasks:  # make_tasks draws the same first θ each call: task 0 is blobs["lowrank"]
+        many.insert(0, blobs["lowrank"])
 
-    data = Path(tempfile.mkdtemp(prefix="kilotask-capacity-"))
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, KILOTASK_DATA_DIR=str(data), HF_HUB_OFFLINE="1",
-               KILOTASK_SERVING_WORKERS=str(args.workers))  # fmt: skip
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     rounds: list[dict] = []
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        key = (data / "api_key").read_text().strip()
+    facts: dict = {}
+    with local_server(KILOTASK_SERVING_WORKERS=str(args.workers)) as server:
+        url, key, data = server.url, server.key, server.data
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         ids = dict(zip(blobs, asyncio.run(post_all(url, key, list(blobs.values()))), strict=True))
+        bodies = {
+            method: [json.dumps({"inputs": [{"task": task, "text": t}]}) for t in texts]
+            for method, task in ids.items()
+        }
+        if many:
+            start = time.perf_counter()
+            many_ids = import_batches(url, key, many)
+            facts["import_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            asyncio.run(pin_all(url, key, many_ids, clients=8))
+            facts["pin_s"] = time.perf_counter() - start
+            bodies["zipf"] = zipf_bodies(many_ids, texts, 30_000)
         scripts = {}
-        for method, task in ids.items():
-            bodies = data / f"{method}.jsonl"
-            lines = [json.dumps({"inputs": [{"task": task, "text": t}]}) for t in texts]
-            bodies.write_text("\n".join(lines) + "\n")
-            scripts[method] = data / f"{method}.lua"
-            scripts[method].write_text(LUA % {"bodies": bodies, "key": key})
+        for load, lines in bodies.items():
+            path = data / f"{load}.jsonl"
+            path.write_text("\n".join(lines) + "\n")
+            scripts[load] = data / f"{load}.lua"
+            scripts[load].write_text(LUA % {"bodies": path, "key": key})
+        for task in ids.values():
             for t in texts[:64]:  # warm: the task, the tokenizer, the allocator
                 http.post("/v1/infer", json={"inputs": [{"task": task, "text": t}]})
+        top = max(args.raw_batch)  # the raw reference: the largest batch the server may run
         for clients in args.clients:
             for r in range(args.rounds):
-                for method in ("said", "lowrank"):  # alternating, in one server process
-                    before, cpu = serving_counters(http), cpu_seconds(server.pid)
-                    got = run_wrk(url, scripts[method], clients, args.seconds)
-                    after, used = serving_counters(http), cpu_seconds(server.pid) - cpu
+                for load in scripts:  # alternating, in one server process
+                    before, cpu = serving_counters(http), cpu_seconds(server.process.pid)
+                    got = run_wrk(url, scripts[load], clients, args.seconds)
+                    after, used = serving_counters(http), cpu_seconds(server.process.pid) - cpu
                     n = max(1, after["requests_batched"] - before["requests_batched"])
                     model = after["model_cpu_s"] - before["model_cpu_s"]
                     tokenize = after["tokenize_s"] - before["tokenize_s"]
                     calls = max(1, after["batches"] - before["batches"])
                     row = {
-                        "method": method, "round": r, **got,
-                        "raw_rps": raw[method][max(args.raw_batch)],
+                        "load": load, "round": r, **got,
+                        "raw_rps": raw["said" if load == "said" else "lowrank"][top],
                         "server_cpu_ms_per_request": 1e3 * used / n,
                         "model_ms_per_request": 1e3 * (model - tokenize) / n,
                         "tokenize_ms_per_request": 1e3 * tokenize / n,
@@ -187,23 +217,34 @@ def main() -> None:
                     row["of_raw"] = row["throughput_rps"] / row["raw_rps"]
                     rounds.append(row)
                     print(json.dumps(row), flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+        state = http.get("/v1/serving").json()
+        facts["lowrank_resident"] = {
+            k: state["lowrank"][k] for k in ("resident_tasks", "resident_mb", "mean_task_kb")
+        }
+        facts["server_rss_mb"] = rss_mb(server.process.pid)
     summary = []
     for clients in args.clients:
-        for method in ("said", "lowrank"):
-            mine = [r for r in rounds if r["clients"] == clients and r["method"] == method]
-            summary.append({
-                "clients": clients, "method": method,
-                "throughput_rps": statistics.median(r["throughput_rps"] for r in mine),
-                "of_raw": statistics.median(r["of_raw"] for r in mine),
-                "p99_ms": statistics.median(r["p99_ms"] for r in mine),
-            })  # fmt: skip
-    print(json.dumps({"summary": summary}))
+        med = {}
+        for load in scripts:
+            mine = [r for r in rounds if r["clients"] == clients and r["load"] == load]
+            keys = ("throughput_rps", "of_raw", "p50_ms", "p99_ms", "errors")
+            med[load] = {k: statistics.median(r[k] for r in mine) for k in keys}
+        pair = {"clients": clients, **{f"{load}": v for load, v in med.items()},
+                "lowrank_over_said": _paired(rounds, clients, "lowrank", "said")}  # fmt: skip
+        if "zipf" in med:
+            pair["zipf_over_single"] = _paired(rounds, clients, "zipf", "lowrank")
+            pair["zipf_p99_over_single_p99"] = med["zipf"]["p99_ms"] / med["lowrank"]["p99_ms"]
+        summary.append(pair)
+    print(json.dumps({"summary": summary, **facts}))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "raw": raw, "rounds": rounds,
-                                               "summary": summary}, indent=1))  # fmt: skip
+                                               "summary": summary, **facts}, indent=1))  # fmt: skip
+
+
+def _paired(rounds: list[dict], clients: int, a: str, b: str) -> float:
+    """Median over rounds of load a's throughput over load b's in the same round."""
+    by = {(r["load"], r["round"]): r["throughput_rps"] for r in rounds if r["clients"] == clients}
+    return statistics.median(by[a, k] / by[b, k] for (load, k) in by if load == a)
 
 
 if __name__ == "__main__":

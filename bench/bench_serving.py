@@ -44,21 +44,23 @@ def sentences(n: int) -> list[str]:
     return [line.split("\t")[0] for line in lines][:n]
 
 
-def make_tasks(n: int, method: str = "said") -> list[bytes]:
-    """Random d=1000 tasks for MiniLM-L6: SAID, or lowrank with the default rank and targets.
-    θ is scaled so that the tasks' predictions differ from each other as trained ones do."""
-    base = load_base("minilm-l6", 2, 0)
+def make_tasks(
+    n: int, method: str = "said", model_id: str = "minilm-l6", spec: str = "lowrank-v1"
+) -> list[bytes]:
+    """Random d=1000 tasks: SAID, or lowrank (`spec`) with the default rank and targets. θ is
+    scaled so that the tasks' predictions differ from each other as trained ones do."""
+    base = load_base(model_id, 2, 0)
     gen = torch.Generator().manual_seed(0)
     if method == "lowrank":
-        model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=1000))
+        model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=1000, spec=spec))
         m, d_proj, scale = model.layout.num_scales, model.d_proj, 2.0
-        extra = dict(spec="lowrank-v1", **model.artifact_fields())
+        extra = dict(spec=spec, **model.artifact_fields())
     else:
         m = len(list(base.model.parameters()))
         d_proj, scale, extra = 1000 - m, 30.0, {}
     return [
         TaskArtifact(
-            model="minilm-l6",
+            model=model_id,
             base_digest=base.digest,
             seed=0,
             method=method,

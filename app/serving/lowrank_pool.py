@@ -47,6 +47,7 @@ class LowRankPool:
         self.max_tokens: dict[str, int] = {}  # model id -> its position limit
         self._entries: OrderedDict[str, _Resident] = OrderedDict()
         self._bytes = 0
+        self._pinned = [0, 0]  # pinned tasks, their bytes: running totals (100,000 tasks pin)
         self._lock = threading.Lock()
         self._server_lock = threading.Lock()
         self.stats = CacheStats()  # `recycled` stays 0: factors are small
@@ -68,7 +69,7 @@ class LowRankPool:
                 self.stats.hits += 1
                 if pin and not resident.pinned:
                     self._check_pin_room(resident.factors.nbytes)
-                    resident.pinned = True
+                    self._set_pinned(resident, True)
                 return resident.factors
             self.stats.misses += 1
         server = self.server(task.model)
@@ -82,26 +83,36 @@ class LowRankPool:
             if resident is None:
                 if pin:
                     self._check_pin_room(built.nbytes)
-                resident = self._entries[task.digest] = _Resident(built, pin)
+                resident = self._entries[task.digest] = _Resident(built, False)
                 self._bytes += built.nbytes
-                self._evict()
-            resident.pinned = resident.pinned or pin
+            if pin and not resident.pinned:
+                self._set_pinned(resident, True)
+            self._evict()
             return resident.factors
+
+    def _set_pinned(self, resident: _Resident, pinned: bool) -> None:
+        if resident.pinned != pinned:
+            sign = 1 if pinned else -1
+            self._pinned[0] += sign
+            self._pinned[1] += sign * resident.factors.nbytes
+            resident.pinned = pinned
 
     def _check_pin_room(self, nbytes: int) -> None:
         """Pins may fill the budget, not more (ConflictError, 409)."""
-        pinned = [r.factors.nbytes for r in self._entries.values() if r.pinned]
-        if sum(pinned) + nbytes > self.budget:
+        count, pinned = self._pinned
+        if pinned + nbytes > self.budget:
             raise ConflictError(
                 "cannot pin: pinned lowrank tasks already fill their budget "
                 f"(KILOTASK_SERVING_LOWRANK_CACHE_MB = {self.budget_mb:g} MB): "
-                f"{len(pinned)} pinned ({sum(pinned) / 2**20:.1f} MB), and this task needs "
+                f"{count} pinned ({pinned / 2**20:.1f} MB), and this task needs "
                 f"{nbytes / 1024:.1f} KB; unpin a task (DELETE /v1/tasks/{{id}}/pin) or raise "
                 "KILOTASK_SERVING_LOWRANK_CACHE_MB",
                 code="pin_budget_full",
             )
 
     def _evict(self) -> None:
+        if self._bytes <= self.budget:
+            return
         for digest in list(self._entries):
             if self._bytes <= self.budget or len(self._entries) <= 1:
                 break
@@ -115,7 +126,7 @@ class LowRankPool:
             resident = self._entries.get(digest)
             if resident is None:
                 return False
-            resident.pinned = False
+            self._set_pinned(resident, False)
             self._evict()
             return True
 
@@ -132,7 +143,7 @@ class LowRankPool:
                 "resident_tasks": n,
                 "resident_mb": self._bytes / 2**20,
                 "mean_task_kb": self._bytes / n / 1024 if n else 0.0,
-                "pinned": sum(r.pinned for r in self._entries.values()),
+                "pinned": self._pinned[0],
                 "hits": self.stats.hits,
                 "misses": self.stats.misses,
                 "evictions": self.stats.evictions,

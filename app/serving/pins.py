@@ -20,25 +20,27 @@ class PinLedger:
     def __init__(self, share: float) -> None:
         self.share = share
         self._held: dict[str, dict[str, int]] = {}  # tenant -> {digest: bytes}
+        self._bytes: dict[str, int] = {}  # tenant -> the sum of its pins' bytes
+        self._tenants: dict[str, int] = {}  # digest -> how many tenants pin it
         self._lock = threading.Lock()
 
     def held_bytes(self, tenant: str) -> int:
         with self._lock:
-            return sum(self._held.get(tenant, {}).values())
+            return self._bytes.get(tenant, 0)
 
-    def digests(self, tenant: str) -> set[str]:
+    def holds(self, tenant: str, digest: str) -> bool:
         with self._lock:
-            return set(self._held.get(tenant, {}))
+            return digest in self._held.get(tenant, {})
 
     def pinned_by_anyone(self, digest: str) -> bool:
         with self._lock:
-            return any(digest in pins for pins in self._held.values())
+            return digest in self._tenants
 
     def add(self, tenant: str, digest: str, nbytes: int, budget: int, budget_mb: float) -> None:
         """Record `tenant`'s pin of `digest`, or ConflictError (409) past its share."""
         with self._lock:
             held = self._held.setdefault(tenant, {})
-            others = sum(b for d, b in held.items() if d != digest)
+            others = self._bytes.get(tenant, 0) - held.get(digest, 0)
             if others + nbytes > self.share * budget:
                 if not held:
                     del self._held[tenant]
@@ -49,14 +51,22 @@ class PinLedger:
                     f"{nbytes / 2**20:.2f} MB. Unpin one (DELETE /v1/tasks/{{id}}/pin)",
                     code="pin_share_full",
                 )
+            if digest not in held:
+                self._tenants[digest] = self._tenants.get(digest, 0) + 1
+            self._bytes[tenant] = others + nbytes
             held[digest] = nbytes
 
     def remove(self, tenant: str, digest: str) -> tuple[bool, bool]:
         """Drop `tenant`'s pin: (whether it had one, whether any tenant still pins `digest`)."""
         with self._lock:
             held = self._held.get(tenant, {})
-            had = held.pop(digest, None) is not None
+            nbytes = held.pop(digest, None)
+            if nbytes is not None:
+                self._bytes[tenant] -= nbytes
+                self._tenants[digest] -= 1
+                if not self._tenants[digest]:
+                    del self._tenants[digest]
             if not held:
                 self._held.pop(tenant, None)
-            still = any(digest in pins for pins in self._held.values())
-            return had, still
+                self._bytes.pop(tenant, None)
+            return nbytes is not None, digest in self._tenants

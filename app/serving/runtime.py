@@ -51,7 +51,7 @@ class ServingRuntime:
         pins fill it, and ServiceBusyError (503) when memory stays held by running batches."""
         lowrank = get_method(task.method).mixable
         store = self.pool if lowrank else self.cache
-        already = task.digest in self.pins.digests(tenant)
+        already = self.pins.holds(tenant, task.digest)
         nbytes = (
             self.pool.factors(task, pin=True).nbytes
             if lowrank
