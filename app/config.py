@@ -46,15 +46,19 @@ class Settings(BaseSettings):
     serving_workers: int = Field(default=0, ge=0)  # concurrent model calls; 0: one per core on CPU
     # inputs waiting per base model before /v1/infer answers 503 at once; 0: 4 batches per worker
     serving_max_queue: int = Field(default=0, ge=0)
+    # ... and at most this much model work (waiting inputs x recent seconds per input / workers)
+    serving_max_queue_ms: float = Field(default=250.0, ge=0)
     # padded tokens per model call (rows x the longest row), besides serving_max_batch rows
     serving_max_batch_tokens: int = Field(default=8192, gt=0)
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
     # each tenant's pins may take this share of a serving budget; all pins together 1 - share
     serving_pin_share: float = Field(default=0.25, gt=0, le=0.5)
-    # an owned task is served without asking the database for this long after it was last
-    # read; a delete through another replica (or the CLI) is seen within it (0: ask each time)
-    serving_lookup_ttl_s: float = Field(default=1.0, ge=0, le=60)
+    # every API replica applies the others' task deletes, pins and unpins (the task_event
+    # table) this often; an owned task is served without asking the database again for at
+    # most serving_lookup_ttl_s (a bound for when events cannot be read; 0: ask each time)
+    replica_sync_s: float = Field(default=0.5, gt=0, le=60)
+    serving_lookup_ttl_s: float = Field(default=30.0, ge=0, le=3600)
     # Reliability (README "Reliability"): a running job's worker renews its lease every
     # job_lease_s / 6; a sweeper (in every worker and in `serve`) requeues a job whose lease
     # expired, and a queued job whose broker message is gone after requeue_queued_after_s.

@@ -53,6 +53,13 @@ request = function()
   i = i %% #bodies + 1
   return wrk.format(nil, "/v1/infer", nil, bodies[i])
 end
+local shown = 0
+response = function(status, headers, body)
+  if status ~= 200 and shown < 5 then  -- what went wrong, for the report
+    shown = shown + 1
+    io.write("ERROR " .. status .. " " .. string.sub(body, 1, 300) .. "\n")
+  end
+end
 """
 
 
@@ -101,6 +108,7 @@ def run_wrk(url: str, script: Path, clients: int, seconds: int) -> dict:
 
     return {
         "clients": clients,
+        "error_samples": re.findall(r"^ERROR (.*)$", out, re.M),
         "requests": total,
         "throughput_rps": rps,
         "p50_ms": ms("50"),

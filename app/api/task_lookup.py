@@ -4,9 +4,11 @@ A task row never changes once stored (its numbers are its identity), so what an 
 request needs from the database is only "does this tenant still own task X". Asking on every
 request cost a worker-thread round trip and a query (with the artifact rebuilt and its digest
 rehashed each time); here an owned task is trusted for `ttl_s` after it was last read, and read
-again after that. A delete through this process forgets the task at once; one through another
-replica (or the CLI) is seen within `ttl_s` (KILOTASK_SERVING_LOOKUP_TTL_S, 1 s). Unknown ids
-are never cached, so a tenant probing ids costs queries off the event loop, not memory.
+again after that. A delete through this process forgets the task at once; one through
+another replica reaches this one as a task event within KILOTASK_REPLICA_SYNC_S (0.5 s,
+app/api/replica_sync.py), and `ttl_s` (KILOTASK_SERVING_LOOKUP_TTL_S, 30 s) bounds what a
+replica that cannot read events serves. Unknown ids are never cached, so a tenant probing ids
+costs queries off the event loop, not memory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlalchemy import select
+from sqlalchemy.orm import undefer
 
 from app.config import Settings
 from app.db.models import Task
@@ -53,30 +56,34 @@ class TaskLookup:
         return found
 
     def load(self, settings: Settings, tenant_id: str, task_ids: Sequence[str]) -> dict:
-        """Read the tasks' rows in one query (blocking: call it off the event loop); a task
-        that is missing or another tenant's is a 404 naming it."""
+        """Read which of `task_ids` the tenant owns (blocking: call it off the event loop),
+        and the rows of those not cached yet; a task that is missing or another tenant's is a
+        404 naming it."""
+        with self._lock:
+            entries = {i: self._entries.get(i) for i in task_ids}
+            cached = {i: e[1] for i, e in entries.items() if e is not None and e[0] == tenant_id}
         with session_factory(settings)() as session:
-            rows = {
-                row.id: row
-                for row in session.scalars(
-                    select(Task).where(Task.id.in_(task_ids), Task.tenant_id == tenant_id)
+            owned = set(
+                session.scalars(
+                    select(Task.id).where(Task.id.in_(task_ids), Task.tenant_id == tenant_id)
                 )
-            }
+            )
             for task_id in task_ids:
-                if task_id not in rows:
+                if task_id not in owned:
                     raise NotFoundError(f"task '{task_id}' not found", code="task_not_found")
-            now = time.monotonic()
-            found = {}
-            with self._lock:
-                for task_id, row in rows.items():
-                    entry = self._entries.get(task_id)
-                    # rows are immutable: keep the artifact already built (its digest is cached)
-                    art = entry[1] if entry is not None else artifact_from_row(row)
-                    self._entries[task_id] = (tenant_id, art, now)
-                    self._entries.move_to_end(task_id)
-                    found[task_id] = art
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+            new = [i for i in task_ids if i not in cached]
+            rows = session.scalars(
+                select(Task).where(Task.id.in_(new)).options(undefer(Task.theta), undefer(Task.lam))
+            ) if new else []  # fmt: skip
+            # rows are immutable: a cached artifact stays (its digest is computed already)
+            found = {**cached, **{row.id: artifact_from_row(row) for row in rows}}
+        now = time.monotonic()
+        with self._lock:
+            for task_id, art in found.items():
+                self._entries[task_id] = (tenant_id, art, now)
+                self._entries.move_to_end(task_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
         return found
 
     def forget(self, task_id: str) -> None:

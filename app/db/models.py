@@ -196,3 +196,20 @@ class Task(Base):
     # how it was trained: {"lr", "probe": {rate: held-out loss}} (None: before recipes)
     recipe: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TaskEvent(Base):
+    """A change to a task that every API replica must apply to its own memory (its lookup
+    cache, its resident and pinned tasks): written in the transaction of the change, read by
+    each replica's poller in id order (app/api/replica_sync.py), pruned after a day."""
+
+    __tablename__ = "task_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(40))
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    digest: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # deleted | pinned | unpinned
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )

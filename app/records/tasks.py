@@ -10,7 +10,7 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, Task
+from app.db.models import Job, Task, TaskEvent
 from app.engine.artifact import STORAGE_DTYPES, TaskArtifact
 
 _NUMPY = {"float32": np.float32, "float16": np.float16}
@@ -54,6 +54,12 @@ def row_from_artifact(art: TaskArtifact, tenant_id: str, job_id: str | None) -> 
         target_stats=art.target_stats,
         recipe=None if art.lr is None else {"lr": art.lr},
     )
+
+
+def record_task_event(session: Session, row: Task, kind: str) -> None:
+    """Tell every API replica (app/api/replica_sync.py) that `row` was deleted, pinned or
+    unpinned; committed with the change itself."""
+    session.add(TaskEvent(task_id=row.id, tenant_id=row.tenant_id, digest=row.digest, kind=kind))
 
 
 def artifact_from_row(row: Task) -> TaskArtifact:

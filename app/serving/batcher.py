@@ -17,11 +17,14 @@ then contributes its waiting request nearest to it in length (so a batch pads li
 batch stops at `max_batch` inputs or at `max_batch_tokens` padded tokens, whichever comes first
 (lengths are estimated from characters before tokenizing, as a token is about four of them).
 
-Admission: at most `max_queue` inputs wait per base model (0: four batches per worker); past
-it, a request is refused at once (ServiceBusyError, 503 with Retry-After: 1) rather than queued
-behind work the workers cannot finish in time, unless its tenant has nothing waiting for that
-model: a tenant's flood fills the queue for itself only, never refuses another tenant's first
-request (which fair picking then serves within a batch or so).
+Admission: per base model, at most `max_queue` inputs wait (0: four batches per worker), and
+at most `max_queue_ms` of work: the inputs waiting times the recent model time per input over
+the workers (a running average of the batches run), so the bound means the same on a base five
+times slower. Past either, a request is refused at once (ServiceBusyError, 503 with
+Retry-After: 1) rather than queued behind work the workers cannot finish in time, unless its
+tenant has nothing waiting for that model: a tenant's flood fills the queue for itself only,
+never refuses another tenant's first request (which fair picking then serves within a batch or
+so).
 
 One bad input never fails the others batched with it: when a batch of several inputs fails (for
 a reason that is not the task's as a whole), each input is run again alone, and only the
@@ -89,12 +92,15 @@ class MicroBatcher:
         pool: LowRankPool | None = None,
         max_queue: int = 0,
         max_batch_tokens: int = 8192,
+        max_queue_ms: float = 0.0,
     ) -> None:
         self.cache, self.max_batch, self.max_wait = cache, max_batch, max_wait_ms / 1000
         self.pool = pool
         self.max_delay = max(0.05, 10 * self.max_wait)  # longest a task is passed over
         self.workers = workers or default_workers(cache.device)
         self.max_queue = max_queue or QUEUED_BATCHES * max_batch * self.workers
+        self.max_queue_s = max_queue_ms / 1000  # 0: no bound in time
+        self._input_s: dict[str, float] = {}  # base model -> running mean model seconds/input
         self.max_batch_tokens = max_batch_tokens  # rows x the longest row's tokens, per batch
         self._waiting: dict[str, int] = {}  # base model -> inputs queued, not yet taken
         self._waiting_by: dict[tuple[str, str], int] = {}  # (base model, tenant) -> the same
@@ -149,12 +155,19 @@ class MicroBatcher:
         max_queue, when this tenant already has inputs waiting there."""
         waiting = self._waiting.get(model, 0)
         own = self._waiting_by.get((model, tenant), 0)
-        if own and waiting + n > self.max_queue:
+        wait_s = (waiting + n) * self._input_s.get(model, 0.0) / self.workers
+        too_long = self.max_queue_s and wait_s > self.max_queue_s
+        if own and (waiting + n > self.max_queue or too_long):
             self.refused += 1
+            bound = (
+                f"about {1e3 * wait_s:.0f} ms of work, at most {1e3 * self.max_queue_s:.0f} "
+                "(KILOTASK_SERVING_MAX_QUEUE_MS)"
+                if too_long
+                else f"at most {self.max_queue} in all (KILOTASK_SERVING_MAX_QUEUE)"
+            )
             raise ServiceBusyError(
                 f"the server is at capacity for {model}: {waiting} inputs are waiting, {own} of "
-                f"them yours (at most {self.max_queue} in all, KILOTASK_SERVING_MAX_QUEUE); "
-                "retry in a second",
+                f"them yours ({bound}); retry in a second",
                 code="serving_queue_full",
                 retry_after=1,
             )
@@ -282,8 +295,13 @@ class MicroBatcher:
                 else:
                     request.future.set_result(result)
             return
+        elapsed = time.perf_counter() - start
         self.batch_sizes.add(len(items))
-        self.latencies.add(time.perf_counter() - start)
+        self.latencies.add(elapsed)
+        model = queue.task.model
+        mean = self._input_s.get(model)
+        per_input = elapsed / len(items)
+        self._input_s[model] = per_input if mean is None else 0.9 * mean + 0.1 * per_input
         offset = 0
         for request in batch:
             n = len(request.items)

@@ -34,6 +34,7 @@ class ServingRuntime:
         pin_share: float = PIN_SHARE,
         max_queue: int = 0,
         max_batch_tokens: int = 8192,
+        max_queue_ms: float = 0.0,
     ) -> ServingRuntime:
         import torch
 
@@ -41,8 +42,9 @@ class ServingRuntime:
         cache = TaskCache(budget_mb, device, memory_wait_s, pin_fraction=1 - pin_share)
         pool = LowRankPool(lowrank_budget_mb, cache.base_model, device)
         batcher = MicroBatcher(
-            cache, max_batch, max_wait_ms, workers or None, pool, max_queue, max_batch_tokens
-        )
+            cache, max_batch, max_wait_ms, workers or None, pool, max_queue, max_batch_tokens,
+            max_queue_ms,
+        )  # fmt: skip
         return cls(cache, pool, batcher, PinLedger(pin_share))
 
     def pin(self, task: TaskArtifact, tenant: str) -> None:
@@ -73,6 +75,14 @@ class ServingRuntime:
             return store.contains(task.digest)
         return store.unpin(task.digest)
 
+    def release_pin(self, digest: str, tenant: str) -> None:
+        """Drop `tenant`'s pin of `digest` wherever it is held: another replica's unpin or
+        delete of that task (app/api/replica_sync.py). Nothing when it held none."""
+        had, still = self.pins.remove(tenant, digest)
+        if had and not still:
+            self.pool.unpin(digest)
+            self.cache.unpin(digest)
+
     def describe(self) -> dict:
         sizes = self.batcher.batch_sizes
         projections = projection_cache_info()
@@ -99,6 +109,7 @@ class ServingRuntime:
             "requests_batched": self.batcher.queue_waits.count,
             "max_batch_tokens": self.batcher.max_batch_tokens,
             "max_queue": self.batcher.max_queue,
+            "max_queue_ms": self.batcher.max_queue_s * 1000,
             "waiting": dict(self.batcher.waiting),
             "refused_queue_full": self.batcher.refused,
         }

@@ -330,25 +330,40 @@ def test_export_zip_over_rest(client, auth, settings, tasks):
     assert not left, left  # the zip was streamed from a temporary file, then deleted
 
 
-def test_a_delete_through_another_replica_is_seen_within_the_lookup_ttl(settings, auth, tasks):
-    """Two API processes (apps) on one database: B caches the task's lookup while serving
-    it; a delete through A is a 404 on B once B's TTL has passed, and at once on A."""
+def _until(check, within: float) -> float:
+    """Seconds until `check()` holds, polling; fails past `within`."""
     import time
 
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < within, "not seen in time"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_replicas_see_each_others_deletes_pins_and_unpins(settings, auth, tasks):
+    """Two API processes (apps) on one database, lookups cached for 30 s: a pin, an unpin and
+    a delete through A reach B through the task events within 2 s; A answers 404 for the
+    deleted task at once."""
     ids, _ = tasks
-    ttl = 0.5
-    a = TestClient(create_app(settings.model_copy(update={"serving_lookup_ttl_s": ttl})))
-    b = TestClient(create_app(settings.model_copy(update={"serving_lookup_ttl_s": ttl})))
+    replica = settings.model_copy(update={"serving_lookup_ttl_s": 30.0, "replica_sync_s": 0.2})
+    a, b = TestClient(create_app(replica)), TestClient(create_app(replica))
     body = {"inputs": [{"task": ids[0], "text": TEXTS[0]}]}
     assert a.post("/v1/infer", json=body, headers=auth).status_code == 200
     assert b.post("/v1/infer", json=body, headers=auth).status_code == 200  # cached on B now
+
+    def pinned_on_b() -> int:
+        return b.get("/v1/serving", headers=auth).json()["cache"]["pinned_tasks"]
+
+    assert pinned_on_b() == 0
+    assert a.post(f"/v1/tasks/{ids[1]}/pin", headers=auth).status_code == 200
+    _until(lambda: pinned_on_b() == 1, within=2)
+    assert a.delete(f"/v1/tasks/{ids[1]}/pin", headers=auth).status_code == 200
+    _until(lambda: pinned_on_b() == 0, within=2)
+
     assert a.delete(f"/v1/tasks/{ids[0]}", headers=auth).status_code == 204
     gone = a.post("/v1/infer", json=body, headers=auth)  # A forgot it when it deleted it
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "task_not_found"
-    deleted_at = time.monotonic()
-    while (r := b.post("/v1/infer", json=body, headers=auth)).status_code == 200:
-        assert time.monotonic() - deleted_at < ttl + 0.5, "B still serves a deleted task"
-        time.sleep(0.05)
-    assert r.status_code == 404 and r.json()["error"]["code"] == "task_not_found"
+    _until(lambda: b.post("/v1/infer", json=body, headers=auth).status_code == 404, within=2)
     other = b.post("/v1/infer", json={"inputs": [{"task": ids[1], "text": "x"}]}, headers=auth)
     assert other.status_code == 200  # the other tasks are served as before

@@ -237,6 +237,41 @@ def test_over_the_queue_bound_requests_are_refused_at_once_and_the_rest_served(
     assert run(batcher.submit(task, [("again", None)])).shape == (1, 2)
 
 
+def test_the_queue_is_bounded_in_model_time_too(tiny_bert, monkeypatch):
+    """With a model that takes 0.3 s per input (learned from one batch) and a 750 ms bound,
+    a tenant's third waiting input is refused at once though the count cap (64) is far off;
+    the message names the time bound and its setting."""
+    from app.errors import ServiceBusyError
+
+    real = batcher_module.classify_mixed
+
+    def slow(pool, tasks, items):
+        time.sleep(0.3 * len(items))
+        return real(pool, tasks, items)
+
+    monkeypatch.setattr(batcher_module, "classify_mixed", slow)
+    task = make_lowrank_task(str(tiny_bert))
+    cache = TaskCache(budget_mb=1)
+    batcher = MicroBatcher(cache, max_batch=4, max_wait_ms=1, workers=1, max_queue=64,
+                           pool=LowRankPool(16, cache.base_model), max_queue_ms=750)  # fmt: skip
+    run(batcher.submit(task, [("learn the cost", None)], "t"))  # one batch: 0.3 s an input
+
+    async def flood():
+        async def one(i: int):
+            try:
+                return await batcher.submit(task, [(f"text {i}", None)], "t")
+            except ServiceBusyError as exc:
+                return exc
+
+        return await asyncio.gather(*(one(i) for i in range(6)))
+
+    results = run(flood())
+    refused = [r for r in results if isinstance(r, ServiceBusyError)]
+    assert len(refused) == 4, results  # 1st admitted alone, 2nd = 0.6 s of work, 3rd 0.9 s
+    assert "KILOTASK_SERVING_MAX_QUEUE_MS" in refused[0].message
+    assert all(r.code == "serving_queue_full" for r in refused)
+
+
 def test_length_aware_batches_pad_little_and_answer_each_row_in_order(tiny_bert, monkeypatch):
     """16 one-input requests of two lowrank tasks, short and long texts interleaved: batches of
     8 come out one length each (arrival order mixed them in every batch), and every row's

@@ -12,13 +12,13 @@ from app.api.deps import ResourceId, SessionDep, SettingsDep, TenantDep
 from app.api.limits import InferenceLimit
 from app.api.offload import offload
 from app.api.openapi import AUTHED, error_responses
-from app.api.task_lookup import TaskLookup
+from app.api.serving_state import serving_runtime, task_lookup
 from app.db.models import Task
 from app.db.repo import get_owned
 from app.engine.artifact import TaskArtifact
 from app.errors import InvalidInputError
 from app.records.keys import is_admin_key
-from app.records.tasks import artifact_from_row
+from app.records.tasks import artifact_from_row, record_task_event
 from app.schemas.infer import (
     MAX_TEXT,
     InferInput,
@@ -33,28 +33,7 @@ router = APIRouter(tags=["inference"])
 
 
 def runtime(request: Request, settings):
-    state = request.app.state
-    if getattr(state, "serving", None) is None:
-        from app.serving.runtime import ServingRuntime  # torch only once inference is used
-
-        state.serving = ServingRuntime.create(
-            settings.serving_cache_mb,
-            settings.serving_max_batch,
-            settings.serving_max_wait_ms,
-            settings.serving_workers,
-            settings.serving_lowrank_cache_mb,
-            pin_share=settings.serving_pin_share,
-            max_queue=settings.serving_max_queue,
-            max_batch_tokens=settings.serving_max_batch_tokens,
-        )
-    return state.serving
-
-
-def task_lookup(request: Request, settings) -> TaskLookup:
-    state = request.app.state
-    if getattr(state, "task_lookup", None) is None:
-        state.task_lookup = TaskLookup(settings.serving_lookup_ttl_s)
-    return state.task_lookup
+    return serving_runtime(request.app.state, settings)
 
 
 async def _owned_tasks(
@@ -62,7 +41,7 @@ async def _owned_tasks(
 ) -> dict[str, TaskArtifact]:
     """The tenant's tasks that `inputs` name (from the process's lookup cache, else read off
     the event loop), each checked against its inputs' shape."""
-    lookup = task_lookup(request, settings)
+    lookup = task_lookup(request.app.state, settings)
     ids = list(dict.fromkeys(item.task for item in inputs))
     tasks = lookup.fresh(tenant_id, ids)
     if tasks is None:
@@ -181,8 +160,11 @@ async def pin_task(
 
 
 def _pin(rt, session, tenant_id: str, task_id: str) -> TaskArtifact:
-    art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
+    row = get_owned(session, Task, tenant_id, task_id, "task")
+    art = artifact_from_row(row)
     rt.pin(art, tenant_id)
+    record_task_event(session, row, "pinned")  # the other replicas pin it too
+    session.commit()
     return art
 
 
@@ -199,6 +181,8 @@ def unpin_task(
     settings: SettingsDep,
     tenant_id: TenantDep,
 ) -> dict:
-    art = artifact_from_row(get_owned(session, Task, tenant_id, task_id, "task"))
-    resident = runtime(request, settings).unpin(art, tenant_id)
+    row = get_owned(session, Task, tenant_id, task_id, "task")
+    resident = runtime(request, settings).unpin(artifact_from_row(row), tenant_id)
+    record_task_event(session, row, "unpinned")
+    session.commit()
     return {"task": task_id, "pinned": False, "resident": resident}

@@ -27,7 +27,7 @@ from app.db.repo import get_owned, page
 from app.engine.artifact import TaskArtifact
 from app.engine.errors import BaseModelMismatchError, EngineError
 from app.errors import InvalidInputError, KilotaskError, PayloadTooLargeError
-from app.records.tasks import artifact_from_row, row_from_artifact
+from app.records.tasks import artifact_from_row, record_task_event, row_from_artifact
 from app.schemas.common import ErrorDetail
 from app.schemas.tasks import TaskBatchItem, TaskBatchResult, TaskPublic, TasksPage
 
@@ -307,9 +307,10 @@ def delete_task(
     serving = getattr(request.app.state, "serving", None)
     if serving is not None:
         serving.unpin(artifact_from_row(row), tenant_id)
+    record_task_event(session, row, "deleted")  # the other replicas forget it too
     session.delete(row)
     session.commit()
     lookup = getattr(request.app.state, "task_lookup", None)
-    if lookup is not None:  # this process serves it no more; other replicas within their TTL
+    if lookup is not None:  # this process serves it no more at once
         lookup.forget(task_id)
     return Response(status_code=204)

@@ -266,6 +266,17 @@ class MixedLowRankModel:
         has = [{t.name for t in f.layout.targets} for f in tasks]
         out: dict[str, list[_Rows]] = {}
         placed: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # a seed whose tasks share one layout (the common case): every row's λ·B gathered
+        # once, each target a view of it, instead of a stack and a gather per target
+        rows_b: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # seed -> (B, rows)
+        for seed, members in by_seed.items():
+            if all(tasks[u].layout is tasks[members[0]].layout for u in members):
+                position = {u: i for i, u in enumerate(members)}
+                rows = [row for row, u in enumerate(index) if u in position]
+                local = torch.tensor([position[index[r]] for r in rows], device=self.device)
+                where = None if len(rows) == len(index) else torch.tensor(rows, device=self.device)
+                stacked = torch.stack([tasks[u].b for u in members])
+                rows_b[seed] = stacked.index_select(0, local), where
         for name, t in names.items():
             groups = []
             for seed, members in by_seed.items():
@@ -273,6 +284,12 @@ class MixedLowRankModel:
                 if not members:
                     continue
                 rank = max(tasks[u].layout.rank for u in members)
+                if seed in rows_b:
+                    flat, where = rows_b[seed]
+                    off, size = tasks[members[0]].offsets[name], t.out_features * rank
+                    b = flat[:, off : off + size].view(-1, t.out_features, rank)
+                    groups.append(_Rows(where, self._a_of(seed, t, rank), b))
+                    continue
                 if all(tasks[u].layout.rank == rank for u in members):
                     b = torch.stack([tasks[u].b_of(t) for u in members])
                 else:
