@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # table) this often; an owned task is served without asking the database again for at
     # most serving_lookup_ttl_s (a bound for when events cannot be read; 0: ask each time)
     replica_sync_s: float = Field(default=0.5, gt=0, le=60)
-    serving_lookup_ttl_s: float = Field(default=30.0, ge=0, le=3600)
+    serving_lookup_ttl_s: float = Field(default=300.0, ge=0, le=3600)
     # Reliability (README "Reliability"): a running job's worker renews its lease every
     # job_lease_s / 6; a sweeper (in every worker and in `serve`) requeues a job whose lease
     # expired, and a queued job whose broker message is gone after requeue_queued_after_s.

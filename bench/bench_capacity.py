@@ -57,7 +57,7 @@ local shown = 0
 response = function(status, headers, body)
   if status ~= 200 and shown < 5 then  -- what went wrong, for the report
     shown = shown + 1
-    io.write("ERROR " .. status .. " " .. string.sub(body, 1, 300) .. "\n")
+    io.write("ERROR " .. status .. " " .. string.sub(body, 1, 300) .. "\\n")
   end
 end
 """
@@ -208,6 +208,8 @@ def main() -> None:
                     got = run_wrk(url, scripts[load], clients, args.seconds)
                     after, used = serving_counters(http), cpu_seconds(server.process.pid) - cpu
                     n = max(1, after["requests_batched"] - before["requests_batched"])
+                    if n < 0.9 * got["requests"]:  # wrk runs plain GETs when its script fails
+                        raise RuntimeError(f"wrk sent {got['requests']} requests, {n} inferred")
                     model = after["model_cpu_s"] - before["model_cpu_s"]
                     tokenize = after["tokenize_s"] - before["tokenize_s"]
                     calls = max(1, after["batches"] - before["batches"])

@@ -6,7 +6,7 @@ request cost a worker-thread round trip and a query (with the artifact rebuilt a
 rehashed each time); here an owned task is trusted for `ttl_s` after it was last read, and read
 again after that. A delete through this process forgets the task at once; one through
 another replica reaches this one as a task event within KILOTASK_REPLICA_SYNC_S (0.5 s,
-app/api/replica_sync.py), and `ttl_s` (KILOTASK_SERVING_LOOKUP_TTL_S, 30 s) bounds what a
+app/api/replica_sync.py), and `ttl_s` (KILOTASK_SERVING_LOOKUP_TTL_S, 300 s) bounds what a
 replica that cannot read events serves. Unknown ids are never cached, so a tenant probing ids
 costs queries off the event loop, not memory.
 """
@@ -85,6 +85,14 @@ class TaskLookup:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return found
+
+    def remember(self, tenant_id: str, task_id: str, art: TaskArtifact) -> None:
+        """An owned task just read by another route (a pin): served without a read."""
+        with self._lock:
+            self._entries[task_id] = (tenant_id, art, time.monotonic())
+            self._entries.move_to_end(task_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
     def forget(self, task_id: str) -> None:
         with self._lock:

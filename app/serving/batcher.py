@@ -18,9 +18,9 @@ batch stops at `max_batch` inputs or at `max_batch_tokens` padded tokens, whiche
 (lengths are estimated from characters before tokenizing, as a token is about four of them).
 
 Admission: per base model, at most `max_queue` inputs wait (0: four batches per worker), and
-at most `max_queue_ms` of work: the inputs waiting times the recent model time per input over
-the workers (a running average of the batches run), so the bound means the same on a base five
-times slower. Past either, a request is refused at once (ServiceBusyError, 503 with
+at most `max_queue_ms` of work: the inputs waiting over the rate at which that model's inputs
+were recently answered (those of the last DRAIN_WINDOW_S seconds), so the bound means the same
+on a base five times slower. Past either, a request is refused at once (ServiceBusyError, 503 with
 Retry-After: 1) rather than queued behind work the workers cannot finish in time, unless its
 tenant has nothing waiting for that model: a tenant's flood fills the queue for itself only,
 never refuses another tenant's first request (which fair picking then serves within a batch or
@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -51,6 +51,7 @@ from app.serving.tally import Tally
 
 Item = tuple[str, str | None]
 QUEUED_BATCHES = 4  # default max_queue: this many full batches per worker
+DRAIN_WINDOW_S = 2.0  # the admission's time bound reads the answer rate over this long
 CHARS_PER_TOKEN = 4  # English text under WordPiece/BPE: about four characters a token
 log = logging.getLogger("kilotask.serving")
 
@@ -100,7 +101,7 @@ class MicroBatcher:
         self.workers = workers or default_workers(cache.device)
         self.max_queue = max_queue or QUEUED_BATCHES * max_batch * self.workers
         self.max_queue_s = max_queue_ms / 1000  # 0: no bound in time
-        self._input_s: dict[str, float] = {}  # base model -> running mean model seconds/input
+        self._drained: dict[str, deque[tuple[float, int]]] = {}  # model -> (when, inputs done)
         self.max_batch_tokens = max_batch_tokens  # rows x the longest row's tokens, per batch
         self._waiting: dict[str, int] = {}  # base model -> inputs queued, not yet taken
         self._waiting_by: dict[tuple[str, str], int] = {}  # (base model, tenant) -> the same
@@ -155,7 +156,8 @@ class MicroBatcher:
         max_queue, when this tenant already has inputs waiting there."""
         waiting = self._waiting.get(model, 0)
         own = self._waiting_by.get((model, tenant), 0)
-        wait_s = (waiting + n) * self._input_s.get(model, 0.0) / self.workers
+        rate = self._drain_rate(model)
+        wait_s = (waiting + n) / rate if rate else 0.0
         too_long = self.max_queue_s and wait_s > self.max_queue_s
         if own and (waiting + n > self.max_queue or too_long):
             self.refused += 1
@@ -173,6 +175,18 @@ class MicroBatcher:
             )
         self._waiting[model] = waiting + n
         self._waiting_by[model, tenant] = own + n
+
+    def _drain_rate(self, model: str) -> float:
+        """Inputs of `model` answered per second over the last DRAIN_WINDOW_S (0: too few
+        batches to tell, so no bound in time yet)."""
+        done = self._drained.get(model)
+        if not done or len(done) < 4:
+            return 0.0
+        now = time.perf_counter()
+        if now - done[-1][0] > DRAIN_WINDOW_S:  # idle since: the queue drains at once
+            return 0.0
+        span = done[-1][0] - done[0][0]  # the first batch's inputs were answered at its start
+        return (sum(n for _, n in done) - done[0][1]) / span if span > 0 else 0.0
 
     def _taken(self, model: str, batch: list[_Request]) -> None:
         for request in batch:
@@ -298,10 +312,11 @@ class MicroBatcher:
         elapsed = time.perf_counter() - start
         self.batch_sizes.add(len(items))
         self.latencies.add(elapsed)
-        model = queue.task.model
-        mean = self._input_s.get(model)
-        per_input = elapsed / len(items)
-        self._input_s[model] = per_input if mean is None else 0.9 * mean + 0.1 * per_input
+        done = self._drained.setdefault(queue.task.model, deque())
+        now = time.perf_counter()
+        done.append((now, len(items)))
+        while done and done[0][0] < now - DRAIN_WINDOW_S:
+            done.popleft()
         offset = 0
         for request in batch:
             n = len(request.items)

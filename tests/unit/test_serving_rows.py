@@ -238,23 +238,24 @@ def test_over_the_queue_bound_requests_are_refused_at_once_and_the_rest_served(
 
 
 def test_the_queue_is_bounded_in_model_time_too(tiny_bert, monkeypatch):
-    """With a model that takes 0.3 s per input (learned from one batch) and a 750 ms bound,
-    a tenant's third waiting input is refused at once though the count cap (64) is far off;
-    the message names the time bound and its setting."""
+    """With a model that answers 5 inputs a second (learned from five batches) and a 550 ms
+    bound, a tenant's third waiting input (0.6 s of work) is refused at once though the count
+    cap (64) is far off; the message names the time bound and its setting."""
     from app.errors import ServiceBusyError
 
     real = batcher_module.classify_mixed
 
     def slow(pool, tasks, items):
-        time.sleep(0.3 * len(items))
+        time.sleep(0.2 * len(items))
         return real(pool, tasks, items)
 
     monkeypatch.setattr(batcher_module, "classify_mixed", slow)
     task = make_lowrank_task(str(tiny_bert))
     cache = TaskCache(budget_mb=1)
     batcher = MicroBatcher(cache, max_batch=4, max_wait_ms=1, workers=1, max_queue=64,
-                           pool=LowRankPool(16, cache.base_model), max_queue_ms=750)  # fmt: skip
-    run(batcher.submit(task, [("learn the cost", None)], "t"))  # one batch: 0.3 s an input
+                           pool=LowRankPool(16, cache.base_model), max_queue_ms=550)  # fmt: skip
+    for i in range(5):  # five batches one after another: the answer rate, 5 inputs a second
+        run(batcher.submit(task, [(f"learn the rate {i}", None)], "t"))
 
     async def flood():
         async def one(i: int):
@@ -267,7 +268,7 @@ def test_the_queue_is_bounded_in_model_time_too(tiny_bert, monkeypatch):
 
     results = run(flood())
     refused = [r for r in results if isinstance(r, ServiceBusyError)]
-    assert len(refused) == 4, results  # 1st admitted alone, 2nd = 0.6 s of work, 3rd 0.9 s
+    assert len(refused) == 4, results  # 1st admitted alone, 2nd 0.4 s of work, 3rd 0.6 s
     assert "KILOTASK_SERVING_MAX_QUEUE_MS" in refused[0].message
     assert all(r.code == "serving_queue_full" for r in refused)
 

@@ -156,6 +156,7 @@ async def pin_task(
     """Preload a task's weights now and keep them resident (never evicted)."""
     rt = runtime(request, settings)
     art = await offload(tenant_id, _pin, rt, session, tenant_id, task_id)
+    task_lookup(request.app.state, settings).remember(tenant_id, task_id, art)  # preloaded too
     return {"task": task_id, "digest": art.digest, "pinned": True}
 
 
