@@ -30,10 +30,11 @@ from local_server import local_server
 LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
 
 
-async def _answer(reader: asyncio.StreamReader) -> int:
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, whether the server keeps the connection open)."""
     head = await reader.readuntil(b"\r\n\r\n")
     await reader.readexactly(int(LENGTH.search(head).group(1)))
-    return int(head[9:12])
+    return int(head[9:12]), b"connection: close" not in head.lower()
 
 
 async def open_loop(port: int, requests: list[bytes], rate: float, seconds: float) -> dict:
@@ -44,11 +45,23 @@ async def open_loop(port: int, requests: list[bytes], rate: float, seconds: floa
     answers: list[tuple[int, float]] = []  # (status, seconds from the scheduled send)
 
     async def one(request: bytes, due: float) -> None:
-        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
-        conn[1].write(request)
-        status = await _answer(conn[0])
+        while idle:  # a kept connection the server may have closed meanwhile (keep-alive)
+            conn = idle.pop()
+            try:
+                conn[1].write(request)
+                status, keep = await _answer(conn[0])
+                break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                conn[1].close()
+        else:
+            conn = await asyncio.open_connection("127.0.0.1", port)
+            conn[1].write(request)
+            status, keep = await _answer(conn[0])
         answers.append((status, loop.time() - due))
-        idle.append(conn)
+        if keep:
+            idle.append(conn)
+        else:
+            conn[1].close()
 
     cpu, start = time.process_time(), loop.time()
     due, sent = start, []
@@ -82,7 +95,7 @@ def _quantile(xs: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--load", type=float, default=0.8, help="sustainable rate / wrk throughput")
     ap.add_argument("--max-queue", type=int, default=0, help="KILOTASK_SERVING_MAX_QUEUE")
     ap.add_argument("--json")

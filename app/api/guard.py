@@ -5,6 +5,9 @@ dependency runs, so a request with no key could send 150 MB and be told 401 only
 was all received. This ASGI middleware runs first: a body-bearing `/v1` request without a
 valid key is answered 401 at once, one whose Content-Length is over the route's cap 413 at
 once, and one that streams past the cap (chunked, or a lying length) 413 as soon as it does.
+Under overload a `/v1/infer` request of a tenant whose inputs already wait past the queue's
+bound is refused (503 serving_queue_full) right after its key check, before its body is read:
+a refusal must cost far less than an answer, or refusing does not shed load.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from app.records.keys import tenant_for_key
 BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
 FILE_ROUTES = ("/v1/datasets", "/v1/tasks", "/v1/tasks:batch")  # uploads: the upload cap
 MULTIPART_SLACK = 64 * 1024  # part headers and small form fields around the file
+INFER_ROUTES = ("/v1/infer",)  # where a tenant past its queue bound is refused early
 TENANT_KEY = "kilotask.tenant_id"  # where a checked key's tenant waits for get_tenant
 
 
@@ -81,6 +85,13 @@ class RequestGuard:
             return
         if tenant is not None:
             scope.setdefault("state", {})[TENANT_KEY] = tenant
+            if scope["path"] in INFER_ROUTES:  # overloaded: refuse before the body is parsed
+                serving = getattr(scope.get("app") and scope["app"].state, "serving", None)
+                refusal = serving and serving.batcher.early_refusal(tenant)
+                if refusal:
+                    retry = [(b"retry-after", str(refusal.retry_after).encode())]
+                    await _send_error(send, 503, refusal.code, refusal.message, retry)
+                    return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await _send_error(send, 413, "payload_too_large", _too_large(limit, scope["path"]))

@@ -153,28 +153,46 @@ class MicroBatcher:
 
     def _admit(self, model: str, tenant: str, n: int) -> None:
         """Count `n` more inputs of `tenant` waiting for `model`, or refuse them (503): past
-        max_queue, when this tenant already has inputs waiting there."""
+        max_queue or max_queue_ms, when this tenant already has inputs waiting there."""
+        refusal = self._refusal(model, tenant, n)
+        if refusal is not None:
+            self.refused += 1
+            raise refusal
+        self._waiting[model] = self._waiting.get(model, 0) + n
+        self._waiting_by[model, tenant] = self._waiting_by.get((model, tenant), 0) + n
+
+    def _refusal(self, model: str, tenant: str, n: int) -> ServiceBusyError | None:
         waiting = self._waiting.get(model, 0)
         own = self._waiting_by.get((model, tenant), 0)
         rate = self._drain_rate(model)
         wait_s = (waiting + n) / rate if rate else 0.0
         too_long = self.max_queue_s and wait_s > self.max_queue_s
-        if own and (waiting + n > self.max_queue or too_long):
-            self.refused += 1
-            bound = (
-                f"about {1e3 * wait_s:.0f} ms of work, at most {1e3 * self.max_queue_s:.0f} "
-                "(KILOTASK_SERVING_MAX_QUEUE_MS)"
-                if too_long
-                else f"at most {self.max_queue} in all (KILOTASK_SERVING_MAX_QUEUE)"
-            )
-            raise ServiceBusyError(
-                f"the server is at capacity for {model}: {waiting} inputs are waiting, {own} of "
-                f"them yours ({bound}); retry in a second",
-                code="serving_queue_full",
-                retry_after=1,
-            )
-        self._waiting[model] = waiting + n
-        self._waiting_by[model, tenant] = own + n
+        if not own or not (waiting + n > self.max_queue or too_long):
+            return None
+        bound = (
+            f"about {1e3 * wait_s:.0f} ms of work, at most {1e3 * self.max_queue_s:.0f} "
+            "(KILOTASK_SERVING_MAX_QUEUE_MS)"
+            if too_long
+            else f"at most {self.max_queue} in all (KILOTASK_SERVING_MAX_QUEUE)"
+        )
+        return ServiceBusyError(
+            f"the server is at capacity for {model}: {waiting} inputs are waiting, {own} of "
+            f"them yours ({bound}); retry in a second",
+            code="serving_queue_full",
+            retry_after=1,
+        )
+
+    def early_refusal(self, tenant: str) -> ServiceBusyError | None:
+        """The refusal `tenant`'s next request would get on a model where its inputs already
+        wait past the bound: asked before the request's body is read, so that under overload
+        a refusal costs a key check, not a parse (app/api/guard.py)."""
+        for model in list(self._waiting):
+            if (model, tenant) in self._waiting_by:
+                refusal = self._refusal(model, tenant, 1)
+                if refusal is not None:
+                    self.refused += 1
+                    return refusal
+        return None
 
     def _drain_rate(self, model: str) -> float:
         """Inputs of `model` answered per second over the last DRAIN_WINDOW_S (0: too few
