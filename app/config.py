@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # inputs waiting per base model before /v1/infer answers 503 at once; 0: 4 batches per worker
     serving_max_queue: int = Field(default=0, ge=0)
     # ... and at most this much model work (waiting inputs x recent seconds per input / workers)
-    serving_max_queue_ms: float = Field(default=250.0, ge=0)
+    serving_max_queue_ms: float = Field(default=1000.0, ge=0)
     # padded tokens per model call (rows x the longest row), besides serving_max_batch rows
     serving_max_batch_tokens: int = Field(default=8192, gt=0)
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
