@@ -45,12 +45,17 @@ def sentences(n: int) -> list[str]:
 
 
 def make_tasks(
-    n: int, method: str = "said", model_id: str = "minilm-l6", spec: str = "lowrank-v1"
+    n: int,
+    method: str = "said",
+    model_id: str = "minilm-l6",
+    spec: str = "lowrank-v1",
+    seed: int = 0,
 ) -> list[bytes]:
     """Random d=1000 tasks: SAID, or lowrank (`spec`) with the default rank and targets. θ is
-    scaled so that the tasks' predictions differ from each other as trained ones do."""
+    scaled so that the tasks' predictions differ from each other as trained ones do; `seed`
+    draws them (the same seed, the same tasks)."""
     base = load_base(model_id, 2, 0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     if method == "lowrank":
         model = LowRankModel(base.model, base.seeded, LowRankConfig(dim=1000, spec=spec))
         m, d_proj, scale = model.layout.num_scales, model.d_proj, 2.0

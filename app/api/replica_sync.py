@@ -43,6 +43,7 @@ class ReplicaSync:
         self._owner, self._make_serving = weakref.ref(owner), make_serving
         self.last_id: int | None = None
         self.applied = 0
+        self.failing = False  # the last poll could not read the database
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name="kilotask-replica-sync", daemon=True
@@ -65,9 +66,13 @@ class ReplicaSync:
                 if polls % PRUNE_EVERY == 0:
                     self._prune()
             except SQLAlchemyError as exc:  # the database is away: try again next time
-                log.warning("replica sync could not read task events: %s", exc)
+                if not self.failing:  # once per outage, not every poll
+                    log.warning("replica sync could not read task events: %s", exc)
+                self.failing = True
+                continue
             except Exception:
                 log.exception("replica sync failed to apply an event; it goes on with the next")
+            self.failing = False
 
     def poll_once(self) -> int:
         """Apply the events after the last one applied; returns how many."""
