@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     serving_max_batch_tokens: int = Field(default=8192, gt=0)
     # resident lowrank tasks (factors only: 75 KB each for MiniLM-L6 at rank 4; 4096 MB: 55,000)
     serving_lowrank_cache_mb: float = Field(default=4096.0, gt=0)
+    # resident lowrank factors at rest (used in float32 either way); float16 halves each task
+    serving_lowrank_dtype: Literal["float32", "float16"] = "float32"
     # each tenant's pins may take this share of a serving budget; all pins together 1 - share
     serving_pin_share: float = Field(default=0.25, gt=0, le=0.5)
     # every API replica applies the others' task deletes, pins and unpins (the task_event

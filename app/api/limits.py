@@ -1,12 +1,15 @@
 """Per-tenant limits, answered 429 with Retry-After: active jobs (counted in the database, so
 every API process sees the same number) and inference requests per second (a token bucket per
-tenant in this process). A limit of 0 is off."""
+tenant, kept in Redis when Redis is the broker, so that it holds across API replicas; in the
+process otherwise, or while Redis does not answer). A limit of 0 is off."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
+import weakref
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -90,6 +93,54 @@ class InferenceLimiter:
             return bucket.take()
 
 
+# One bucket per tenant in a Redis hash, updated atomically on the server's clock.
+_TAKE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1]) or burst
+local updated = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return tostring(wait)
+"""
+
+
+class SharedInferenceLimiter:
+    """The same buckets in Redis, shared by every replica on that Redis (async: no blocking
+    call on the event loop). Falls back to this process's buckets while Redis fails."""
+
+    def __init__(self, rps: float, url: str) -> None:
+        self.rps, self.burst, self.url = rps, max(1.0, rps), url
+        self.local = InferenceLimiter(rps)
+        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> script
+
+    def _script(self):
+        """The script on a client of the running event loop (an asyncio client is bound to
+        the loop it first ran on; tests run one loop per request)."""
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        script = self._scripts.get(loop)
+        if script is None:
+            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=1)
+            script = self._scripts[loop] = client.register_script(_TAKE)
+        return script
+
+    async def take(self, tenant_id: str) -> float:
+        import redis
+
+        try:
+            key = f"kilotask:infer-rate:{tenant_id}"
+            return float(await self._script()(keys=[key], args=[self.rps, self.burst]))
+        except (redis.RedisError, OSError):
+            return self.local.take(tenant_id)
+
+
 async def limit_inference(request: Request, settings: SettingsDep, tenant_id: TenantDep) -> None:
     rps = settings.tenant_infer_rps
     if not rps:
@@ -97,8 +148,13 @@ async def limit_inference(request: Request, settings: SettingsDep, tenant_id: Te
     state = request.app.state
     limiter = getattr(state, "infer_limiter", None)
     if limiter is None or limiter.rps != rps:
-        limiter = state.infer_limiter = InferenceLimiter(rps)
+        shared = settings.broker_url.startswith(("redis://", "rediss://"))
+        limiter = state.infer_limiter = (
+            SharedInferenceLimiter(rps, settings.broker_url) if shared else InferenceLimiter(rps)
+        )
     wait = limiter.take(tenant_id)
+    if not isinstance(wait, float):
+        wait = await wait
     if wait > 0:
         raise RateLimitedError(
             f"over this tenant's {rps:g} inference requests per second; retry in "

@@ -30,6 +30,7 @@ def serving_runtime(state, settings: Settings):
                     max_queue=settings.serving_max_queue,
                     max_batch_tokens=settings.serving_max_batch_tokens,
                     max_queue_ms=settings.serving_max_queue_ms,
+                    lowrank_dtype=settings.serving_lowrank_dtype,
                 )
     return state.serving
 

@@ -36,8 +36,11 @@ class LowRankPool:
     missing the same task at once may both build it; the second result is simply dropped.
     """
 
-    def __init__(self, budget_mb: float, base_of, device: str = "cpu") -> None:
+    def __init__(
+        self, budget_mb: float, base_of, device: str = "cpu", dtype: str = "float32"
+    ) -> None:
         self.budget_mb = budget_mb  # as configured, for messages
+        self.dtype = dtype  # the factors at rest (KILOTASK_SERVING_LOWRANK_DTYPE)
         # seeds' A and seeded head weights take a share of the budget, the factors the rest
         self.seeds = SeedCache(int(budget_mb * 2**20 * SEED_SHARE))
         self.budget = int(budget_mb * 2**20) - self.seeds.max_bytes
@@ -57,7 +60,9 @@ class LowRankPool:
             if model_id not in self._servers:
                 base: BaseModel = self._base_of(model_id)
                 self.max_tokens[model_id] = position_limit(base.model, base.tokenizer)
-                self._servers[model_id] = MixedLowRankModel(base, self.device, self.seeds)
+                self._servers[model_id] = MixedLowRankModel(
+                    base, self.device, self.seeds, getattr(torch, self.dtype)
+                )
             return self._servers[model_id]
 
     def factors(self, task: TaskArtifact, pin: bool = False) -> LowRankFactors:
@@ -139,6 +144,7 @@ class LowRankPool:
             return {
                 "budget_mb": self.budget_mb,
                 "factors_budget_mb": self.budget / 2**20,
+                "dtype": self.dtype,
                 **self.seeds.describe(),
                 "resident_tasks": n,
                 "resident_mb": self._bytes / 2**20,

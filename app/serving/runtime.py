@@ -35,12 +35,13 @@ class ServingRuntime:
         max_queue: int = 0,
         max_batch_tokens: int = 8192,
         max_queue_ms: float = 0.0,
+        lowrank_dtype: str = "float32",
     ) -> ServingRuntime:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = TaskCache(budget_mb, device, memory_wait_s, pin_fraction=1 - pin_share)
-        pool = LowRankPool(lowrank_budget_mb, cache.base_model, device)
+        pool = LowRankPool(lowrank_budget_mb, cache.base_model, device, lowrank_dtype)
         batcher = MicroBatcher(
             cache, max_batch, max_wait_ms, workers or None, pool, max_queue, max_batch_tokens,
             max_queue_ms,

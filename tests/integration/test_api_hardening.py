@@ -298,3 +298,24 @@ def test_an_unknown_query_parameter_is_422_naming_it(client, auth):
     assert error["code"] == "unknown_query_parameter"
     assert "'ofset'" in error["message"] and "offset" in error["message"]
     assert client.get("/v1/jobs?offset=0&limit=5", headers=auth).status_code == 200
+
+
+def test_the_inference_rate_is_shared_by_replicas_on_one_redis(settings, auth):
+    """Two apps (API replicas) on the same Redis, 1 request/s per tenant: of six requests sent
+    at once, alternating between them, only the one token of the shared bucket passes (two,
+    were each replica counting alone); an unreachable Redis falls back to each process's own
+    bucket instead of failing the request."""
+    from tests.integration.test_worker_e2e import REDIS_URL
+
+    shared = settings.model_copy(update={"tenant_infer_rps": 1.0, "broker_url": REDIS_URL})
+    a, b = TestClient(create_app(shared)), TestClient(create_app(shared))
+    infer = {"inputs": [{"task": "task_missing", "text": "good film"}]}
+    codes = [(a, b)[i % 2].post("/v1/infer", json=infer, headers=auth).status_code
+             for i in range(6)]  # fmt: skip
+    assert codes.count(404) == 1 and codes.count(429) == 5, codes  # 404: it passed the limit
+    away = settings.model_copy(
+        update={"tenant_infer_rps": 1.0, "broker_url": "redis://127.0.0.1:1/0"}
+    )
+    alone = TestClient(create_app(away))
+    assert alone.post("/v1/infer", json=infer, headers=auth).status_code == 404
+    assert alone.post("/v1/infer", json=infer, headers=auth).status_code == 429

@@ -231,3 +231,24 @@ def test_a_checkpoint_with_its_own_head_keeps_it(tiny_bert, tmp_path):
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
     assert len(cache._separate) == 1  # the 2-label head comes from the checkpoint: loaded apart
+
+
+@pytest.mark.parametrize("spec", ["lowrank-v1", "lowrank-v2"])
+def test_float16_factors_at_rest_halve_a_task_and_answer_as_float32_does(tiny_bert, spec):
+    """KILOTASK_SERVING_LOWRANK_DTYPE=float16: a resident task takes half the bytes, and
+    mixed and single-task batches answer within 1e-3 in probability of float32 factors."""
+    from app.serving.lowrank_pool import LowRankPool, classify_mixed
+    from tests.factories import make_lowrank_task
+
+    torch.manual_seed(0)
+    tasks = [make_lowrank_task(str(tiny_bert), gen_seed=k, seed=k % 2, spec=spec)
+             for k in range(3)]  # fmt: skip
+    cache = TaskCache(budget_mb=1)
+    full = LowRankPool(16, cache.base_model)
+    half = LowRankPool(16, cache.base_model, dtype="float16")
+    assert 2 * half.factors(tasks[0]).nbytes == full.factors(tasks[0]).nbytes
+    items = [("good film", None), ("a dull plot that goes nowhere at all", None), ("fine", None)]
+    for rows in (tasks, [tasks[0]] * 3):  # mixed, then one task answering every row
+        for a, b in zip(classify_mixed(full, rows, items), classify_mixed(half, rows, items),
+                        strict=True):  # fmt: skip
+            assert (a.softmax(-1) - b.softmax(-1)).abs().max() < 1e-3

@@ -64,9 +64,14 @@ class LowRankFactors:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def b_of(self, target: Target) -> torch.Tensor:
-        """λ_t·B_t: (out, rank) view."""
+        """λ_t·B_t: (out, rank) in float32 (a view when stored in float32)."""
         off, r = self.offsets[target.name], self.layout.rank
-        return self.b[off : off + target.out_features * r].view(target.out_features, r)
+        return self.b[off : off + target.out_features * r].view(target.out_features, r).float()
+
+    def head_of(self, name: str) -> torch.Tensor | None:
+        """A dense head tensor in float32 (None when the task has none of that name)."""
+        value = self.head.get(name)
+        return None if value is None else value.float()
 
 
 @dataclass
@@ -110,8 +115,12 @@ class MixedLowRankModel:
         base: BaseModel,
         device: str | torch.device = "cpu",
         seed_cache: SeedCache | None = None,
+        storage_dtype: torch.dtype = torch.float32,
     ) -> None:
+        """`storage_dtype`: how a task's factors are kept between requests (computed in
+        float32 and used in float32 either way; float16 halves a resident task)."""
         self.base = base
+        self.storage_dtype = storage_dtype
         self.device = torch.device(device)
         self.model = base.model.to(self.device).eval()
         self._modules = dict(self.model.named_modules())
@@ -187,7 +196,8 @@ class MixedLowRankModel:
             for (name, shape), delta in zip(layout.head, heads, strict=True)
         }
         self._ensure_hooks(layout)
-        return LowRankFactors(config.seed, layout, b, head, num_labels)
+        head = {name: value.to(self.storage_dtype) for name, value in head.items()}
+        return LowRankFactors(config.seed, layout, b.to(self.storage_dtype), head, num_labels)
 
     def _ensure_hooks(self, layout: LowRankLayout) -> None:
         with self._lock:
@@ -276,7 +286,7 @@ class MixedLowRankModel:
                 local = torch.tensor([position[index[r]] for r in rows], device=self.device)
                 where = None if len(rows) == len(index) else torch.tensor(rows, device=self.device)
                 stacked = torch.stack([tasks[u].b for u in members])
-                rows_b[seed] = stacked.index_select(0, local), where
+                rows_b[seed] = stacked.index_select(0, local).float(), where
         for name, t in names.items():
             groups = []
             for seed, members in by_seed.items():
@@ -322,10 +332,10 @@ class MixedLowRankModel:
         out = []
         for key, rows in groups.items():
             members = [tasks[index[r]] for r in rows]
-            bias = torch.stack([f.head[name + ".bias"] for f in members])
+            bias = torch.stack([f.head_of(name + ".bias") for f in members])
             where = torch.tensor(rows, device=self.device)
             if key == "dense":
-                w = torch.stack([f.head[name + ".weight"] for f in members])
+                w = torch.stack([f.head_of(name + ".weight") for f in members])
                 out.append((where, _HeadRows(w, bias)))
                 continue
             rank = max(f.layout.rank for f in members)
@@ -350,8 +360,8 @@ class MixedLowRankModel:
             heads[m] = [
                 (
                     None if len(tasks) == 1 else torch.tensor(rows, device=self.device),
-                    tasks[u].head[m + ".weight"],
-                    tasks[u].head.get(m + ".bias"),
+                    tasks[u].head_of(m + ".weight"),
+                    tasks[u].head_of(m + ".bias"),
                 )
                 for u, rows in segments.items()
             ]
