@@ -169,9 +169,8 @@ def main() -> None:
         for method, blob in blobs.items()
     }  # fmt: skip
     print(json.dumps({"raw_sentences_per_s": raw}), flush=True)
-    many = make_tasks(args.tasks, "lowrank", args.model, args.spec)[1:] if args.tasks else []
-    if args.tasks:  # make_tasks draws the same first θ each call: task 0 is blobs["lowrank"]
-        many.insert(0, blobs["lowrank"])
+    # the same draws as blobs["lowrank"]: the single task is the Zipf set's first (and hottest)
+    many = make_tasks(args.tasks, "lowrank", args.model, args.spec) if args.tasks else []
 
     rounds: list[dict] = []
     facts: dict = {}

@@ -18,16 +18,13 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import torch
+from local_server import local_server  # bench/ is on the path
 
 from app.engine.artifact import TaskArtifact
 from app.engine.base import load_base
@@ -168,34 +165,13 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    data = tempfile.mkdtemp(prefix="kilotask-bench-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ,
-        KILOTASK_DATA_DIR=data,
-        KILOTASK_SERVING_CACHE_MB=str(args.cache_mb),
-        KILOTASK_SERVING_MAX_WAIT_MS="5",
-        KILOTASK_SERVING_WORKERS=str(args.workers),
-        HF_HUB_OFFLINE="1",
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        key = (Path(data) / "api_key").read_text().strip()
+    env = {
+        "KILOTASK_SERVING_CACHE_MB": str(args.cache_mb),
+        "KILOTASK_SERVING_MAX_WAIT_MS": "5",
+        "KILOTASK_SERVING_WORKERS": str(args.workers),
+    }
+    with local_server(**env) as server:
+        url, key = server.url, server.key
         headers = {"Authorization": f"Bearer {key}"}
         start = time.perf_counter()
         ids = asyncio.run(post_all(url, key, make_tasks(args.tasks, args.method)))
@@ -211,7 +187,7 @@ def main() -> None:
             return time.perf_counter() - start
 
         one(ids[0])  # loads the base model once (not part of a task's cold start)
-        rss_base = rss_mb(server.pid)
+        rss_base = rss_mb(server.process.pid)
         warm = statistics.median(one(ids[0]) for _ in range(10))
         cold = statistics.median(one(task) for task in ids[1:6])  # first request to a task
         if not args.no_warm:  # make every task resident: the cache is sized to hold them
@@ -219,7 +195,7 @@ def main() -> None:
                 asyncio.run(pin_all(url, key, ids))
             else:
                 asyncio.run(load(url, key, [(t, texts[0]) for t in ids], 8))
-        rss_warm = rss_mb(server.pid)
+        rss_warm = rss_mb(server.process.pid)
         single_plan = [(ids[0], t) for t in random.Random(1).choices(texts, k=args.requests)]
         mixed_plan = zipf_plan(ids, texts, args.requests)
         by_clients = {}
@@ -231,10 +207,7 @@ def main() -> None:
                 rounds.append({"single_task": single, "mixed_zipf": mixed})
             by_clients[str(clients)] = _summary(rounds)
         serving = httpx.get(url + "/v1/serving", headers=headers).json()
-        rss_end = rss_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        rss_end = rss_mb(server.process.pid)
 
     copy_s = statistics.median(_copy_time() for _ in range(5))
     if args.method == "lowrank":

@@ -85,7 +85,11 @@ class InferenceLimiter:
         self.buckets: dict[str, TokenBucket] = {}
         self.lock = threading.Lock()
 
-    def take(self, tenant_id: str) -> float:
+    async def take(self, tenant_id: str) -> float:
+        return self.take_now(tenant_id)
+
+    def take_now(self, tenant_id: str) -> float:
+        """0 if the tenant's bucket had a token (now taken), else the seconds until one."""
         with self.lock:
             bucket = self.buckets.get(tenant_id)
             if bucket is None:
@@ -138,7 +142,7 @@ class SharedInferenceLimiter:
             key = f"kilotask:infer-rate:{tenant_id}"
             return float(await self._script()(keys=[key], args=[self.rps, self.burst]))
         except (redis.RedisError, OSError):
-            return self.local.take(tenant_id)
+            return self.local.take_now(tenant_id)
 
 
 async def limit_inference(request: Request, settings: SettingsDep, tenant_id: TenantDep) -> None:
@@ -152,9 +156,7 @@ async def limit_inference(request: Request, settings: SettingsDep, tenant_id: Te
         limiter = state.infer_limiter = (
             SharedInferenceLimiter(rps, settings.broker_url) if shared else InferenceLimiter(rps)
         )
-    wait = limiter.take(tenant_id)
-    if not isinstance(wait, float):
-        wait = await wait
+    wait = await limiter.take(tenant_id)
     if wait > 0:
         raise RateLimitedError(
             f"over this tenant's {rps:g} inference requests per second; retry in "
